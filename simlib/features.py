@@ -1,0 +1,112 @@
+"""Feature extraction: many image files in, L2-normalised float32 features out, failures collected per file.
+
+Decoding runs in DataLoader worker processes and overlaps with inference in the main process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .backbones import Backbone, Preprocess
+from .images import FileError, ImageDecodeError, ImageSource, load_image, source_name
+
+ProgressCallback = Callable[[int, int], None]
+Progress = Union[bool, ProgressCallback]
+
+
+@dataclass
+class ExtractionResult:
+    """Features of the sources that decoded, their positions in the input, and the files that did not."""
+
+    features: np.ndarray  # (n_ok, dim) float32, rows L2-normalised
+    indices: np.ndarray  # (n_ok,) int64 positions in the input sequence
+    errors: list[FileError] = field(default_factory=list)
+
+
+class _DecodeDataset(Dataset):
+    def __init__(self, sources: Sequence[ImageSource], names: Sequence[str], preprocess: Preprocess):
+        self.sources = sources
+        self.names = names
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int):
+        try:
+            image = load_image(self.sources[i], min_side=self.preprocess.size, name=self.names[i])
+            return i, self.preprocess(image), None
+        except ImageDecodeError as exc:
+            return i, None, exc.reason
+        except Exception as exc:  # a worker must report, never die: one bad file never stops a batch
+            return i, None, f"unexpected {type(exc).__name__}: {exc}"
+
+
+def _collate(items):
+    ok = [(i, tensor) for i, tensor, _ in items if tensor is not None]
+    failed = [(i, reason) for i, _, reason in items if reason is not None]
+    batch = torch.stack([tensor for _, tensor in ok]) if ok else None
+    return [i for i, _ in ok], batch, failed
+
+
+def default_workers() -> int:
+    """Decoding processes: one per core beyond the first, at least one, at most four."""
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
+def extract_features(
+    backbone: Backbone,
+    sources: Sequence[ImageSource],
+    *,
+    names: Sequence[str] | None = None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    progress: Progress = True,
+) -> ExtractionResult:
+    """Decode and embed `sources` in batches; a file that fails is reported in `errors` and the rest go on.
+
+    `progress` is True for a tqdm bar, False for none, or a callback `(done, total)`.
+    """
+    names = list(names) if names is not None else [source_name(s) for s in sources]
+    if len(names) != len(sources):
+        raise ValueError(f"{len(names)} names for {len(sources)} sources")
+    total = len(sources)
+    features = np.empty((total, backbone.dim), dtype=np.float32)
+    ok = np.zeros(total, dtype=bool)
+    errors: list[FileError] = []
+    if num_workers is None:
+        num_workers = default_workers() if total > batch_size else 0
+    loader = DataLoader(
+        _DecodeDataset(sources, names, backbone.preprocess),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=backbone.device.type == "cuda",
+    )
+    bar = tqdm(total=total, unit="img", desc=f"{backbone.name} features", disable=progress is not True)
+    done = 0
+    with bar:
+        for ids, batch, failed in loader:
+            if batch is not None:
+                features[ids] = backbone.embed(batch).numpy()
+                ok[ids] = True
+            errors.extend(FileError(names[i], reason) for i, reason in failed)
+            done += len(ids) + len(failed)
+            bar.update(len(ids) + len(failed))
+            if callable(progress):
+                progress(done, total)
+    indices = np.flatnonzero(ok)
+    return ExtractionResult(features[indices], indices.astype(np.int64), errors)
+
+
+def embed_query(backbone: Backbone, source: ImageSource, *, name: str | None = None) -> np.ndarray:
+    """Features (dim,) of one image, decoded in this process: the low-latency path for queries."""
+    image = load_image(source, min_side=backbone.spec.input_size, name=name)
+    return backbone.embed(backbone.preprocess(image)[None]).numpy()[0]

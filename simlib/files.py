@@ -1,0 +1,53 @@
+"""File discovery: a folder in, the image files under it out (sorted), plus folders that could not be read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from .images import FileError
+
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case extensions (with the dot) of every format this Pillow can open."""
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def find_images(root: str | os.PathLike) -> tuple[list[Path], list[FileError]]:
+    """Image files under `root` by extension, recursively, following symlinks but never a loop.
+
+    Hidden files and folders (name starting with '.') are skipped, as photo managers keep caches there.
+    Returns the files in sorted order and the folders that could not be listed.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a folder")
+    extensions = image_extensions()
+    found: list[Path] = []
+    errors: list[FileError] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            stat = folder.stat()
+            if (stat.st_dev, stat.st_ino) in seen:
+                continue  # a symlink back to a folder already walked
+            seen.add((stat.st_dev, stat.st_ino))
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            errors.append(FileError(os.fspath(folder), f"cannot list folder: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():
+                    stack.append(Path(entry.path))
+                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in extensions:
+                    found.append(Path(entry.path))
+            except OSError as exc:  # a dangling or looping symlink
+                errors.append(FileError(entry.path, f"cannot follow: {exc.strerror or exc}"))
+    return sorted(found, key=os.fspath), errors

@@ -1,0 +1,127 @@
+import os
+import pickle
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from simlib import backbones
+from simlib.backbones import (
+    RESNET18,
+    WeightsMismatchError,
+    WeightsUnavailableError,
+    load_backbone,
+    resolve_weights,
+)
+
+from .conftest import needs_offline_backbone, scene
+
+
+def test_resnet18_from_a_local_file_gives_512_unit_vectors(resnet18):
+    features = resnet18.embed_images([scene(0), scene(1)])
+    assert features.shape == (2, 512) and features.dtype == np.float32
+    assert np.allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-5)
+    assert resnet18.name == "resnet18" and len(resnet18.weights_sha256) == 64
+
+
+def test_weights_from_the_environment_variable(resnet18_weights, monkeypatch):
+    monkeypatch.setenv(RESNET18.weights_env, str(resnet18_weights))
+    assert resolve_weights(RESNET18) == resnet18_weights
+
+
+def test_offline_without_weights_says_how_to_supply_them(tmp_path, monkeypatch):
+    monkeypatch.delenv(RESNET18.weights_env, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def unreachable(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", unreachable)
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_backbone("resnet18")
+    message = str(info.value)
+    assert "--weights" in message and RESNET18.weights_env in message and "efficientnet_lite0" in message
+    assert "resnet18-f37072fd.pth" in message and "Name or service not known" in message
+
+
+def test_weights_in_the_torch_hub_cache_are_used(tmp_path, monkeypatch, resnet18_weights):
+    monkeypatch.delenv(RESNET18.weights_env, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    cached = tmp_path / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.write_bytes(resnet18_weights.read_bytes())
+    assert resolve_weights(RESNET18, download=False) == cached
+
+
+def test_missing_explicit_weights_file_is_named(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="not found"):
+        load_backbone("resnet18", tmp_path / "missing.pth")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_pickle_that_runs_code_is_refused_not_executed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"conv1.weight": _Exploit()}, handle)
+    with pytest.raises(WeightsMismatchError, match="evil.pth"):
+        load_backbone("resnet18", path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_weights_for_another_architecture_are_refused(tmp_path):
+    path = tmp_path / "wrong.pth"
+    torch.save({"layer.weight": torch.zeros(3, 3)}, path)
+    with pytest.raises(WeightsMismatchError, match="does not fit resnet18"):
+        load_backbone("resnet18", path)
+
+
+def test_unknown_backbone_names_the_choices():
+    with pytest.raises(ValueError, match="resnet18, efficientnet_lite0"):
+        load_backbone("vgg16")
+
+
+def test_preprocess_squashes_to_224_uint8():
+    tensor = backbones.Preprocess(224)(Image.new("RGB", (1000, 100), (10, 20, 30)))
+    assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.uint8
+    assert tensor[:, 0, 0].tolist() == [10, 20, 30]
+
+
+def test_embed_rejects_float_batches(resnet18):
+    with pytest.raises(ValueError, match="uint8"):
+        resnet18.embed(torch.zeros(1, 3, 224, 224))
+
+
+def test_resnet18_normalises_with_imagenet_mean_and_std(resnet18):
+    assert RESNET18.mean == (0.485, 0.456, 0.406) and RESNET18.std == (0.229, 0.224, 0.225)
+    # a mid-grey batch equal to the mean becomes all zeros before the network
+    mean_pixel = torch.tensor([0.485, 0.456, 0.406]) * 255
+    x = mean_pixel.view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    assert torch.allclose((x - resnet18._mean) / resnet18._std, torch.zeros_like(x), atol=1e-6)
+
+
+@needs_offline_backbone
+def test_efficientnet_lite0_gives_1280_unit_vectors(efficientnet):
+    features = efficientnet.embed_images([scene(0)])
+    assert features.shape == (1, 1280)
+    assert np.isclose(np.linalg.norm(features), 1.0, atol=1e-5)
+
+
+@needs_offline_backbone
+def test_auto_falls_back_to_efficientnet_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.delenv(RESNET18.weights_env, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    backbone = load_backbone("auto", download=False, device="cpu")
+    assert backbone.name == "efficientnet_lite0"
+    assert "ResNet-18 weights are unavailable" in backbone.notice
+
+
+def test_auto_prefers_resnet18_when_weights_exist(resnet18_weights):
+    backbone = load_backbone("auto", resnet18_weights, device="cpu")
+    assert backbone.name == "resnet18" and backbone.notice is None
