@@ -19,14 +19,13 @@ from .backbones import Backbone, load_backbone
 from .features import Progress, embed_query, extract_features
 from .files import find_images
 from .images import FileError, ImageSource, load_image, source_name, to_rgb
-from .index import IndexParams, add_vectors, build_index, search_index
+from .index import IndexParams, add_vectors, build_index, search_index, with_rating
 from .ratings import REJECTED, Rating, RatingValue, format_stars, read_rating
 from .reduce import PCA, normalize_rows
 from .threshold import Calibration, choose_threshold, edited_copy
 
 Reason = Literal["visual", "rating-fallback"]
 CALIBRATION_SAMPLE = 60  # edited copies made to calibrate the match threshold (20 of each edit)
-RATING_MIDPOINT = 2.5  # the rating appended for unrated images and queries when rating_weight > 0
 
 
 class CollectionError(ValueError):
@@ -337,12 +336,7 @@ class Collection:
         return np.array([np.nan if r.rating.stars is None else r.rating.stars for r in records], dtype=np.float64)
 
     def _index_vectors(self, vectors: np.ndarray, stars: np.ndarray) -> np.ndarray:
-        """Vectors as indexed: with rating_weight w > 0, a coordinate w * stars / 5 is appended (unrated: 2.5)."""
-        w = self.config.rating_weight
-        if w == 0:
-            return vectors
-        filled = np.where(np.isnan(stars), RATING_MIDPOINT, stars)
-        return np.hstack([vectors, (w * filled / 5.0)[:, None]]).astype(np.float32)
+        return with_rating(vectors, stars, self.config.rating_weight)
 
     # ---------------------------------------------------------------- persistence
 

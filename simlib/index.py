@@ -45,6 +45,20 @@ def check_vectors(x: np.ndarray, dim: int | None = None, name: str = "vectors") 
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+RATING_MIDPOINT = 2.5  # the rating appended for unrated images and queries
+
+
+def with_rating(vectors: np.ndarray, stars: np.ndarray | None, weight: float) -> np.ndarray:
+    """Vectors as indexed: with weight w > 0, a coordinate w * stars / 5 is appended (unrated, NaN: 2.5 stars).
+
+    Ranking by L2 distance then adds w^2 (difference in stars / 5)^2 to each visual distance.
+    """
+    if weight == 0 or stars is None:
+        return vectors
+    filled = np.where(np.isnan(stars), RATING_MIDPOINT, stars)
+    return np.hstack([vectors, (weight * filled / 5.0)[:, None]]).astype(np.float32)
+
+
 def build_index(vectors: np.ndarray, params: IndexParams = IndexParams()) -> faiss.Index:
     """A new index over `vectors` (n, d) float32."""
     vectors = check_vectors(vectors)

@@ -1,0 +1,260 @@
+"""Evaluation: retrieval and decision metrics as pure functions on arrays, ground truth for labelled image sets,
+and `evaluate_configuration`, which scores one collection configuration on precomputed features.
+
+Conventions: `ranked_ids` is (n_queries, m) int with -1 for "no result"; labels are ints, equal labels mean
+"same picture"; `relevance` is the (n_queries, m) bool matrix of ranked results that share the query's label.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .backbones import Backbone
+from .images import load_image
+from .index import IndexParams, build_index, bytes_per_vector, exact_search, search_index, with_rating
+from .reduce import PCA, normalize_rows
+from .threshold import EDITS, edited_copy
+
+# ------------------------------------------------------------------ ranking metrics
+
+
+def relevance(ranked_ids: np.ndarray, query_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
+    """(nq, m) bool: ranked result j of query i has the query's label (-1 ids are never relevant)."""
+    ranked_ids = np.asarray(ranked_ids)
+    if ranked_ids.ndim != 2 or len(ranked_ids) != len(query_labels):
+        raise ValueError(f"ranked_ids must be (n_queries, m) with n_queries={len(query_labels)}, got {ranked_ids.shape}")
+    db_labels = np.asarray(db_labels)
+    found = db_labels[np.clip(ranked_ids, 0, None)]
+    return (found == np.asarray(query_labels)[:, None]) & (ranked_ids >= 0)
+
+
+def n_relevant(query_labels: np.ndarray, db_labels: np.ndarray, query_in_db: bool = False) -> np.ndarray:
+    """How many database items share each query's label; minus one when the query itself is in the database."""
+    values, counts = np.unique(np.asarray(db_labels), return_counts=True)
+    lookup = dict(zip(values.tolist(), counts.tolist()))
+    total = np.array([lookup.get(label, 0) for label in np.asarray(query_labels).tolist()])
+    return total - int(query_in_db)
+
+
+def average_precision(relevant: np.ndarray, total_relevant: int) -> float:
+    """AP of one ranked list: mean over the relevant items of the precision at their rank; 0 when none exist.
+
+    Relevant items missing from a truncated list count as retrieved at no rank (precision 0).
+    """
+    relevant = np.asarray(relevant, dtype=bool)
+    if total_relevant <= 0:
+        return 0.0
+    hits = np.cumsum(relevant)
+    precision_at_hits = hits[relevant] / (np.flatnonzero(relevant) + 1)
+    return float(precision_at_hits.sum() / total_relevant)
+
+
+def mean_average_precision(relevance_matrix: np.ndarray, total_relevant: np.ndarray) -> float:
+    """mAP over queries that have at least one relevant item."""
+    total_relevant = np.asarray(total_relevant)
+    scored = [average_precision(row, n) for row, n in zip(relevance_matrix, total_relevant) if n > 0]
+    return float(np.mean(scored)) if scored else 0.0
+
+
+def precision_at_k(relevance_matrix: np.ndarray, k: int) -> float:
+    """Mean fraction of the top k that is relevant."""
+    return float(np.asarray(relevance_matrix)[:, :k].sum(axis=1).mean() / k)
+
+
+def recall_at_k(relevance_matrix: np.ndarray, total_relevant: np.ndarray, k: int) -> float:
+    """Mean fraction of each query's relevant items found in its top k (queries without any are skipped)."""
+    total_relevant = np.asarray(total_relevant)
+    keep = total_relevant > 0
+    found = np.asarray(relevance_matrix)[keep, :k].sum(axis=1)
+    return float(np.mean(found / total_relevant[keep])) if keep.any() else 0.0
+
+
+def ukbench_score(relevance_matrix: np.ndarray) -> float:
+    """UKBench N-S score: mean number of relevant images in the top 4 (query included), i.e. 4 x precision@4."""
+    return 4.0 * precision_at_k(relevance_matrix, 4)
+
+
+def ann_recall_at_k(approximate_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
+    """Mean |approximate top-k  ∩  exact top-k| / k: how much of the true k nearest neighbours an ANN index finds."""
+    approximate_ids, exact_ids = np.asarray(approximate_ids)[:, :k], np.asarray(exact_ids)[:, :k]
+    if approximate_ids.shape != exact_ids.shape:
+        raise ValueError(f"shapes differ: {approximate_ids.shape} vs {exact_ids.shape}")
+    overlap = [len(set(a[a >= 0]) & set(e[e >= 0])) for a, e in zip(approximate_ids, exact_ids)]
+    return float(np.mean(overlap) / k)
+
+
+# ------------------------------------------------------------------ match / no-match decisions
+
+
+def roc_curve(scores: np.ndarray, is_match: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False-match rate, hit rate and thresholds for "score >= threshold means match", thresholds descending.
+
+    The curve starts at (0, 0) with threshold +inf and ends at (1, 1).
+    """
+    scores, is_match = np.asarray(scores, dtype=np.float64), np.asarray(is_match, dtype=bool)
+    if is_match.all() or not is_match.any():
+        raise ValueError("the ROC needs both matches and non-matches")
+    order = np.argsort(-scores, kind="stable")
+    scores, is_match = scores[order], is_match[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    tps = np.cumsum(is_match)[last_of_tie]
+    fps = np.cumsum(~is_match)[last_of_tie]
+    fpr = np.r_[0.0, fps / (~is_match).sum()]
+    tpr = np.r_[0.0, tps / is_match.sum()]
+    return fpr, tpr, np.r_[np.inf, scores[last_of_tie]]
+
+
+def roc_auc(scores: np.ndarray, is_match: np.ndarray) -> float:
+    """Area under the ROC curve: the probability that a match scores above a non-match (ties count half)."""
+    fpr, tpr, _ = roc_curve(scores, is_match)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def error_rates(scores: np.ndarray, is_match: np.ndarray, threshold: float) -> dict[str, float]:
+    """At `threshold` (score >= threshold means match): the miss rate and the false-match rate."""
+    scores, is_match = np.asarray(scores, dtype=np.float64), np.asarray(is_match, dtype=bool)
+    accepted = scores >= threshold
+    return {
+        "miss_rate": float((~accepted[is_match]).mean()) if is_match.any() else 0.0,
+        "false_match_rate": float(accepted[~is_match].mean()) if (~is_match).any() else 0.0,
+    }
+
+
+# ------------------------------------------------------------------ ground truth
+
+
+@dataclass
+class LabelledImages:
+    """Image files with group labels: files sharing a label show the same picture."""
+
+    name: str
+    paths: list[Path]
+    labels: np.ndarray  # (n,) int
+    groups: list[str]  # label -> group name
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def load_wallpaper_groups(folder: str | Path) -> LabelledImages:
+    """The shared `wallpapers/` set: `groups.csv` (file, group, source) gives the near-duplicate ground truth."""
+    folder = Path(folder)
+    with open(folder / "groups.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"file", "group"} <= set(rows[0]):
+        raise ValueError(f"{folder / 'groups.csv'}: expected columns file, group")
+    groups = sorted({row["group"] for row in rows})
+    label_of = {group: i for i, group in enumerate(groups)}
+    return LabelledImages(
+        "wallpapers",
+        [folder / row["file"] for row in rows],
+        np.array([label_of[row["group"]] for row in rows], dtype=np.int64),
+        groups,
+    )
+
+
+def embed_edited_copies(
+    backbone: Backbone, paths: Sequence[str | Path], variants: int = len(EDITS), batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features of `variants` edited copies of each image (the edits of `simlib.threshold`) and their labels.
+
+    Ground truth for collections without labels: copy j of image i has label i, so searching the originals with the
+    copies measures how reliably an edited photo finds its original.
+    """
+    features, labels, batch = [], [], []
+    for i, path in enumerate(paths):
+        original = load_image(path, min_side=2 * backbone.spec.input_size)
+        for variant in range(variants):
+            batch.append(edited_copy(original, variant))
+            labels.append(i)
+        if len(batch) >= batch_size:
+            features.append(backbone.embed_images(batch))
+            batch = []
+    if batch:
+        features.append(backbone.embed_images(batch))
+    dim = backbone.dim
+    return (np.concatenate(features) if features else np.empty((0, dim), np.float32)), np.array(labels, np.int64)
+
+
+# ------------------------------------------------------------------ one configuration, one row
+
+
+def evaluate_configuration(
+    db_features: np.ndarray,
+    db_labels: np.ndarray,
+    query_features: np.ndarray | None = None,
+    query_labels: np.ndarray | None = None,
+    *,
+    pca_dim: int | None = 128,
+    whiten: bool = False,
+    index: IndexParams = IndexParams(),
+    rating_weight: float = 0.0,
+    db_stars: np.ndarray | None = None,
+    query_stars: np.ndarray | None = None,
+    k: int = 10,
+    ranking_depth: int = 100,
+) -> pd.DataFrame:
+    """Score one configuration on precomputed backbone features; returns a one-row DataFrame.
+
+    Without query features every database item is a query against the others (leave-one-out). `pca_dim=None`
+    searches the raw features. Columns: mAP (over the top `ranking_depth`), P@1, P@k, R@k, N-S, ANN recall@k
+    against exact search on the same vectors, build seconds, queries per second (one query at a time), bytes per
+    vector of the index, and the dimensions kept.
+    """
+    leave_one_out = query_features is None
+    if leave_one_out:
+        query_features, query_labels = db_features, db_labels
+    db_labels, query_labels = np.asarray(db_labels), np.asarray(query_labels)
+    if pca_dim is None:
+        pca, db_vectors, query_vectors = None, normalize_rows(db_features), normalize_rows(query_features)
+    else:
+        pca = PCA(pca_dim, whiten=whiten).fit(db_features)
+        db_vectors = normalize_rows(pca.transform(db_features))
+        query_vectors = normalize_rows(pca.transform(query_features))
+    db_indexed = with_rating(db_vectors, db_stars, rating_weight)
+    query_indexed = with_rating(query_vectors, query_stars, rating_weight)
+
+    started = time.perf_counter()
+    ann = build_index(db_indexed, index)
+    build_seconds = time.perf_counter() - started
+    depth = min(ranking_depth + int(leave_one_out), len(db_vectors))
+    started = time.perf_counter()
+    ranked = np.vstack([search_index(ann, q[None], depth)[1] for q in query_indexed])
+    qps = len(query_indexed) / (time.perf_counter() - started)
+    _, exact = exact_search(db_indexed, query_indexed, depth)
+    if leave_one_out:
+        ranked, exact = _drop_self(ranked), _drop_self(exact)
+    rel = relevance(ranked, query_labels, db_labels)
+    totals = n_relevant(query_labels, db_labels, query_in_db=leave_one_out)
+    return pd.DataFrame(
+        [
+            {
+                "dims": db_vectors.shape[1],
+                "pca": "raw" if pca is None else f"PCA-{pca.n_components_}" + (" whitened" if whiten else ""),
+                "index": index.kind if index.kind == "exact" else f"HNSW M={index.M} efC={index.ef_construction} efS={index.ef_search}",
+                "rating_weight": rating_weight,
+                "mAP": mean_average_precision(rel, totals),
+                "P@1": precision_at_k(rel, 1),
+                f"P@{k}": precision_at_k(rel, k),
+                f"R@{k}": recall_at_k(rel, totals, k),
+                "N-S": ukbench_score(np.hstack([np.ones((len(rel), 1), bool), rel]) if leave_one_out else rel),
+                f"ANN recall@{k}": ann_recall_at_k(ranked, exact, k),
+                "build_s": build_seconds,
+                "qps": qps,
+                "bytes_per_vector": bytes_per_vector(ann),
+            }
+        ]
+    )
+
+
+def _drop_self(ranked: np.ndarray) -> np.ndarray:
+    """Remove each query's own id (query i is database item i) from its ranked list, keeping the order."""
+    rows = [row[row != i][: ranked.shape[1] - 1] for i, row in enumerate(ranked)]
+    return np.vstack([np.pad(r, (0, ranked.shape[1] - 1 - len(r)), constant_values=-1) for r in rows])

@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from simlib.evaluate import (
+    ann_recall_at_k,
+    average_precision,
+    error_rates,
+    evaluate_configuration,
+    load_wallpaper_groups,
+    mean_average_precision,
+    n_relevant,
+    precision_at_k,
+    recall_at_k,
+    relevance,
+    roc_auc,
+    roc_curve,
+    ukbench_score,
+)
+from simlib.index import IndexParams
+
+from .conftest import SHARED, needs_shared
+
+
+def test_average_precision_by_hand():
+    # relevant at ranks 1, 3 of 3 relevant in total: (1/1 + 2/3) / 3
+    assert average_precision([True, False, True, False], 3) == pytest.approx((1 + 2 / 3) / 3)
+    assert average_precision([False, True], 1) == pytest.approx(0.5)
+    assert average_precision([False, False], 2) == 0.0
+    assert average_precision([True], 0) == 0.0
+
+
+def test_relevance_and_counts_from_labels():
+    db_labels = np.array([0, 0, 1, 1, 1, 2])
+    ranked = np.array([[1, 2, 0, -1], [3, 4, 5, 2]])
+    rel = relevance(ranked, np.array([0, 1]), db_labels)
+    assert rel.tolist() == [[True, False, True, False], [True, True, False, True]]
+    assert n_relevant(np.array([0, 1]), db_labels).tolist() == [2, 3]
+    assert n_relevant(np.array([0, 1]), db_labels, query_in_db=True).tolist() == [1, 2]
+
+
+def test_map_precision_recall_by_hand():
+    rel = np.array([[True, False, True, False], [False, True, False, False]])
+    totals = np.array([2, 2])
+    # AP1 = (1 + 2/3) / 2, AP2 = (1/2) / 2
+    assert mean_average_precision(rel, totals) == pytest.approx(((1 + 2 / 3) / 2 + 0.25) / 2)
+    assert precision_at_k(rel, 1) == 0.5 and precision_at_k(rel, 2) == 0.5
+    assert recall_at_k(rel, totals, 3) == pytest.approx((1 + 0.5) / 2)
+    assert mean_average_precision(rel, np.array([0, 0])) == 0.0
+
+
+def test_ukbench_score_counts_hits_in_the_top_four():
+    rel = np.array([[True, True, False, True, True], [True, False, False, False, True]])
+    assert ukbench_score(rel) == pytest.approx((3 + 1) / 2)
+
+
+def test_ann_recall_by_hand():
+    approximate = np.array([[1, 2, 3], [4, 5, -1]])
+    exact = np.array([[1, 3, 9], [4, 6, 5]])
+    assert ann_recall_at_k(approximate, exact, 3) == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert ann_recall_at_k(approximate, exact, 1) == 1.0
+
+
+def test_roc_by_hand_and_against_scikit_learn():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    is_match = np.array([True, False, True, False, False])
+    fpr, tpr, thresholds = roc_curve(scores, is_match)
+    assert fpr.tolist() == pytest.approx([0, 0, 1 / 3, 1 / 3, 2 / 3, 1])
+    assert tpr.tolist() == pytest.approx([0, 0.5, 0.5, 1, 1, 1])
+    assert thresholds[0] == np.inf and thresholds[1] == 0.9
+    # matches beat non-matches in 5 of 6 pairs
+    assert roc_auc(scores, is_match) == pytest.approx(5 / 6)
+    rng = np.random.default_rng(0)
+    random_scores, random_labels = rng.random(200).round(2), rng.random(200) < 0.3
+    assert roc_auc(random_scores, random_labels) == pytest.approx(roc_auc_score(random_labels, random_scores))
+
+
+def test_error_rates_at_a_threshold():
+    rates = error_rates([0.9, 0.8, 0.7, 0.6], [True, False, True, False], 0.75)
+    assert rates == {"miss_rate": 0.5, "false_match_rate": 0.5}
+
+
+def test_roc_needs_both_classes():
+    with pytest.raises(ValueError, match="both"):
+        roc_curve([0.1, 0.2], [True, True])
+
+
+def clustered(n_groups=30, per_group=4, dim=64, noise=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_groups, dim))
+    features = np.repeat(centres, per_group, axis=0) + noise * rng.standard_normal((n_groups * per_group, dim))
+    return features.astype(np.float32), np.repeat(np.arange(n_groups), per_group)
+
+
+def test_evaluate_configuration_on_well_separated_groups():
+    features, labels = clustered()
+    row = evaluate_configuration(features, labels, pca_dim=16, index=IndexParams(M=16))
+    assert len(row) == 1
+    row = row.iloc[0]
+    assert row["mAP"] > 0.95 and row["P@1"] > 0.95 and row["N-S"] > 3.8 and row["ANN recall@10"] > 0.95
+    assert row["dims"] == 16 and row["pca"] == "PCA-16" and row["qps"] > 0 and row["bytes_per_vector"] > 64
+
+
+def test_evaluate_configuration_with_separate_queries_raw_and_exact():
+    features, labels = clustered()
+    queries = features[::4] + 0.01
+    row = evaluate_configuration(features, labels, queries, labels[::4], pca_dim=None, index=IndexParams("exact"))
+    assert row.iloc[0]["P@1"] == 1.0 and row.iloc[0]["pca"] == "raw" and row.iloc[0]["ANN recall@10"] == 1.0
+
+
+def test_noise_lowers_the_scores():
+    clean = evaluate_configuration(*clustered(noise=0.3), pca_dim=16).iloc[0]["mAP"]
+    noisy = evaluate_configuration(*clustered(noise=3.0), pca_dim=16).iloc[0]["mAP"]
+    assert noisy < clean - 0.3
+
+
+@needs_shared
+def test_wallpaper_groups_load():
+    data = load_wallpaper_groups(SHARED / "wallpapers")
+    assert len(data) == 106 and all(p.exists() for p in data.paths)
+    assert len(data.groups) == 63 and data.labels.max() == 62
+
+
+def test_edited_copies_are_labelled_with_their_original(resnet18, tmp_path):
+    from simlib.evaluate import embed_edited_copies
+
+    from .conftest import scene
+
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i}.jpg")
+        scene(i, (500, 400)).save(paths[-1])
+    features, labels = embed_edited_copies(resnet18, paths, batch_size=4)
+    assert features.shape == (6, 512) and labels.tolist() == [0, 0, 0, 1, 1, 1]
