@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Sequence
 
+import faiss
 import numpy as np
 from PIL import Image
 
@@ -216,6 +217,23 @@ class Collection:
         ids = np.array(ids)
         match = np.einsum("ij,ij->i", queries, self.vectors[ids])
         return choose_threshold(match, _nearest_other(queries, self.vectors, ids))
+
+    def copy(self, *, rating_weight: float | None = None) -> "Collection":
+        """An independent collection: adding to the copy leaves this one unchanged. Arrays, PCA and calibration
+        are shared (nothing changes them in place) and the index is cloned; with `rating_weight` the index is
+        instead rebuilt from the stored PCA vectors with that weight, without extracting any features again."""
+        if not hasattr(self, "pca_"):
+            raise CollectionError("nothing to copy: the collection has not been built")
+        config = self.config if rating_weight is None else replace(self.config, rating_weight=float(rating_weight))
+        twin = Collection(self.backbone, config)
+        twin.images, twin.errors, twin.notes = list(self.images), list(self.errors), list(self.notes)
+        twin.features, twin.vectors = self.features, self.vectors
+        twin.pca_, twin.calibration_ = self.pca_, self.calibration_
+        if config.rating_weight == self.config.rating_weight:
+            twin.index_ = faiss.clone_index(self.index_)
+        else:
+            twin.index_ = build_index(twin._index_vectors(self.vectors, self._stars()), config.index)
+        return twin
 
     @property
     def threshold(self) -> float:

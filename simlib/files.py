@@ -1,8 +1,10 @@
-"""File discovery: a folder in, the image files under it out (sorted), plus folders that could not be read."""
+"""File discovery: a folder in, the image files under it out (sorted), plus folders that could not be read.
+Also the one place that turns a name from outside (an upload) into a file name safe to create."""
 
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 from PIL import Image
@@ -51,3 +53,20 @@ def find_images(root: str | os.PathLike) -> tuple[list[Path], list[FileError]]:
             except OSError as exc:  # a dangling or looping symlink
                 errors.append(FileError(entry.path, f"cannot follow: {exc.strerror or exc}"))
     return sorted(found, key=os.fspath), errors
+
+
+MAX_NAME_BYTES = 200  # below the 255-byte limit of common filesystems, leaving room for a "-2" suffix
+
+
+def safe_file_name(name: str) -> str:
+    """`name` (say, an uploaded file's) reduced to a plain file name: its last path component, letters, digits,
+    spaces, '.', '-' and '_' kept and anything else replaced by '_', no leading dot or space, at most
+    `MAX_NAME_BYTES` bytes of UTF-8 with the extension kept, and 'file' when nothing usable is left."""
+    base = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join(c if c.isalnum() or c in " .-_" else "_" for c in base).lstrip(". ").rstrip(" ")
+    stem, ext = os.path.splitext(cleaned)
+    if len(ext.encode()) > 16:
+        stem, ext = cleaned, ""
+    while stem and len((stem + ext).encode()) > MAX_NAME_BYTES:
+        stem = stem[:-1]
+    return stem + ext if stem else f"file{ext}"

@@ -173,3 +173,29 @@ def test_queries_may_be_bytes_or_pil_images(built, photo_folder):
 def test_query_rating_out_of_range_is_refused(built, photo_folder):
     with pytest.raises(ValueError, match="within 0..5"):
         built.search(photo(photo_folder, 0), query_rating=9)
+
+
+def test_adding_to_a_copy_leaves_the_original_untouched(built, tmp_path):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    scene(50).save(extra / "extra-50.jpg")
+    twin = built.copy()
+    twin.add(extra, progress=False)
+    assert len(twin) == 13 and twin.index_.ntotal == 13
+    assert len(built) == 12 and built.index_.ntotal == 12 and len(built.vectors) == 12
+    query = extra / "extra-50.jpg"
+    assert twin.search(query, k=1).results[0].path == str(query)
+    assert all(r.path != str(query) for r in built.search(query, k=12).results)
+
+
+def test_copy_with_rating_weight_rebuilds_only_the_index(resnet18, photo_folder, monkeypatch):
+    pure = Collection.build(photo_folder, resnet18, progress=False)
+    reference = Collection.build(photo_folder, resnet18, CollectionConfig(rating_weight=10.0), progress=False)
+    monkeypatch.setattr("simlib.collection.extract_features", None)  # any feature extraction would fail
+    heavy = pure.copy(rating_weight=10.0)
+    assert heavy.config.rating_weight == 10.0 and pure.config.rating_weight == 0.0
+    assert heavy.features is pure.features and heavy.index_.d == pure.index_.d + 1
+    query = photo(photo_folder, 0)
+    assert heavy.search(query, k=3, query_rating=5, threshold=-1).to_dict() == reference.search(
+        query, k=3, query_rating=5, threshold=-1
+    ).to_dict()

@@ -2,7 +2,7 @@ import os
 
 from PIL import Image
 
-from simlib.files import find_images
+from simlib.files import MAX_NAME_BYTES, find_images, safe_file_name
 
 
 def test_finds_images_recursively_in_sorted_order_skipping_hidden_and_non_images(tmp_path):
@@ -29,3 +29,24 @@ def test_unicode_spaces_and_shell_characters_in_names(tmp_path):
     Image.new("RGB", (2, 2)).save(tmp_path / name, format="JPEG")
     files, _ = find_images(tmp_path)
     assert [f.name for f in files] == [name]
+
+
+def test_safe_file_name_keeps_only_the_last_component_of_uploaded_names():
+    assert safe_file_name("../../etc/passwd") == "passwd"
+    assert safe_file_name("C:\\Users\\me\\holiday.jpg") == "holiday.jpg"
+    assert safe_file_name("/abs/path/photo.PNG") == "photo.PNG"
+    for hostile in ("..", ".", "", "/", "  ", "a/.."):
+        assert safe_file_name(hostile) == "file"
+
+
+def test_safe_file_name_replaces_unsafe_characters_and_leading_dots():
+    assert safe_file_name("été $(rm -rf) ; 'quoted' & *.jpg") == "été __rm -rf_ _ _quoted_ _ _.jpg"
+    assert safe_file_name(".hidden.jpg") == "hidden.jpg"
+    assert safe_file_name("nul\x00byte\nline.png") == "nul_byte_line.png"
+    assert safe_file_name("photo.jpg.xmp") == "photo.jpg.xmp"
+
+
+def test_safe_file_name_shortens_long_names_keeping_the_extension(tmp_path):
+    name = safe_file_name("ü" * 300 + ".jpeg")
+    assert name.endswith(".jpeg") and len(name.encode()) <= MAX_NAME_BYTES
+    (tmp_path / name).write_bytes(b"x")  # the filesystem accepts it

@@ -1,0 +1,47 @@
+"""simlib's Streamlit app: layout and session state only; every piece of logic comes from simlib.
+
+Launch with `scripts/app` (or `streamlit run streamlit_app/app.py`). It opens on the bundled sample collection.
+"""
+
+import streamlit as st
+
+import build_view
+import labels
+import overview_view
+import search_view
+import sidebar
+import workspace
+
+
+def main() -> None:
+    # a function, so that no module global keeps a session's objects alive after its run
+    st.set_page_config(page_title="simlib: similar-image search", page_icon=":mag:", layout="wide")
+    session = workspace.current()
+    settings = sidebar.render()
+    backbone = sidebar.load_backbone(settings)
+
+    st.title("simlib: similar-image search")
+    header = st.container()
+    search_tab, overview_tab, build_tab = st.tabs(["Search", "Collection", "Build, save, open"])
+    with build_tab:
+        # drawn first, so that a collection built or added to here is the one the other tabs show in this run
+        build_view.render(session, backbone, session.active(settings.backbone, settings.rating_weight),
+                          settings.rating_weight)
+    collection = session.active(settings.backbone, settings.rating_weight)
+    threshold = sidebar.threshold(settings, collection)
+
+    with header:
+        st.caption(
+            f"Open: {labels.escape(session.label)}, {len(collection)} images, {collection.backbone.name} features, "
+            f"threshold {collection.threshold:.3f}."
+        )
+        if collection.backbone.name != backbone.name:
+            st.info(f"This collection was built with {collection.backbone.name}; the backbone choice applies to the "
+                    "bundled sample and to new collections.")
+    with search_tab:
+        search_view.render(collection, settings.ef_search, threshold, settings.min_rating)
+    with overview_tab:
+        overview_view.render(collection)
+
+
+main()

@@ -1,0 +1,51 @@
+"""How ratings, reasons, file names and skipped files are written on screen."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from simlib import FileError
+from simlib.ratings import REJECTED, format_stars
+
+VISUAL_BADGE = ":green-badge[Visual match]"
+BELOW_THRESHOLD_BADGE = ":gray-badge[Visual, below threshold]"
+FALLBACK_BADGE = ":orange-badge[Rating fallback]"
+_INLINE_MARKDOWN = re.compile(r"([\\`*_\[\]<>~$])")  # emphasis, code, links, HTML, strikethrough, LaTeX
+
+
+def badge(reason: str, similarity: float, threshold: float) -> str:
+    """Markdown for a result's badge: a visual match, a visual neighbour below the match threshold (the visual
+    rule lists k images even when only the best ones match), or a rating fallback."""
+    if reason != "visual":
+        return FALLBACK_BADGE
+    return VISUAL_BADGE if similarity >= threshold else BELOW_THRESHOLD_BADGE
+
+
+def stars(rating: float | None) -> str:
+    """'★★★★☆ 4', '★★½☆☆ 2.5', 'rejected (-1)' or 'unrated'."""
+    if rating is None:
+        return "unrated"
+    if rating == REJECTED:
+        return "rejected (-1)"
+    full = int(rating)
+    half = "½" if rating != full else ""
+    return "★" * full + half + "☆" * (5 - math.ceil(rating)) + f" {format_stars(rating)}"
+
+
+def file_name(path: str) -> str:
+    return Path(path).name
+
+
+def escape(text: str) -> str:
+    """`text` shown literally inside a line of Markdown (never at its start)."""
+    return _INLINE_MARKDOWN.sub(r"\\\1", text)
+
+
+def skipped(errors: Iterable[FileError]) -> pd.DataFrame:
+    """Skipped files as a table: file name and reason."""
+    return pd.DataFrame([(file_name(e.path), e.reason) for e in errors], columns=["file", "reason"])
