@@ -200,13 +200,15 @@ def _threshold_origin(collection: Collection) -> str:
 
 
 def _show(path) -> str:
-    """A path relative to the working folder when it lies under it."""
+    """A path relative to the working folder when it lies under it; bytes of a name that are not UTF-8 are shown
+    escaped (\\xe9), since printing them raises on a strict UTF-8 terminal."""
     text = os.fspath(path)
     try:
         relative = os.path.relpath(text)
     except ValueError:
-        return text
-    return relative if not relative.startswith("..") else text
+        relative = ".."
+    shown = relative if not relative.startswith("..") else text
+    return shown.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 if __name__ == "__main__":

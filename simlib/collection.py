@@ -339,12 +339,10 @@ class Collection:
         return ids[order[:k]], message
 
     def _results(self, ids: np.ndarray, similarities: np.ndarray, reason: Reason) -> list[SearchResult]:
-        stars = self._stars()
+        stars = self._stars([self.images[i] for i in ids])  # the results' only: all of them costs O(collection)
         return [
-            SearchResult(
-                rank, int(i), self.images[i].path, float(s), None if np.isnan(stars[i]) else float(stars[i]), reason
-            )
-            for rank, (i, s) in enumerate(zip(ids, similarities), start=1)
+            SearchResult(rank, int(i), self.images[i].path, float(s), None if np.isnan(r) else float(r), reason)
+            for rank, (i, s, r) in enumerate(zip(ids, similarities, stars), start=1)
         ]
 
     # ---------------------------------------------------------------- ratings in the vector
@@ -391,7 +389,9 @@ class Collection:
     ) -> "Collection":
         """Read a saved collection; its backbone is loaded (or `backbone` checked) against the recorded weights."""
         manifest, arrays, index = archive.read_collection(Path(path))
-        recorded = manifest["backbone"]
+        recorded = manifest.get("backbone")
+        if not isinstance(recorded, dict) or not all(isinstance(recorded.get(k), str) for k in ("name", "weights_sha256")):
+            raise CollectionError(f"{path}: malformed manifest: the backbone name and weights checksum are missing")
         if backbone is None:
             backbone = load_backbone(recorded["name"], weights)
         if backbone.name != recorded["name"] or backbone.weights_sha256 != recorded["weights_sha256"]:
@@ -400,15 +400,22 @@ class Collection:
                 f"but the backbone given is {backbone.name} with weights sha256 {backbone.weights_sha256[:12]}... "
                 f"({backbone.weights_path}); pass the original weights file"
             )
-        collection = cls(replace(backbone, notice=None), CollectionConfig.from_dict(manifest["config"]))
-        collection.images = [_record_from_dict(d) for d in manifest["images"]]
-        collection.errors = [FileError(**e) for e in manifest["errors"]]
-        collection.notes = list(manifest["notes"])
-        collection.features = arrays["features"]
-        collection.vectors = arrays["vectors"]
-        collection.pca_ = PCA.from_arrays({k[4:]: v for k, v in arrays.items() if k.startswith("pca_")})
-        collection.index_ = index
-        collection.calibration_ = Calibration(**manifest["calibration"])
+        try:  # the manifest is JSON from anywhere: any field may be missing or of the wrong type
+            collection = cls(replace(backbone, notice=None), CollectionConfig.from_dict(manifest["config"]))
+            index_params = collection.config.index
+            if not (index_params.M <= 4096 and max(index_params.ef_search, index_params.ef_construction) <= archive.MAX_EF):
+                raise ValueError(f"HNSW settings {index_params} are beyond any real use")  # memory grows with them
+            collection.images = [_record_from_dict(d) for d in manifest["images"]]
+            collection.errors = [FileError(**e) for e in manifest["errors"]]
+            collection.notes = [str(note) for note in manifest["notes"]]
+            collection.features = arrays["features"]
+            collection.vectors = arrays["vectors"]
+            collection.pca_ = PCA.from_arrays({k[4:]: v for k, v in arrays.items() if k.startswith("pca_")})
+            collection.index_ = index
+            collection.calibration_ = Calibration(**manifest["calibration"])
+            float(collection.threshold), collection._stars()  # numbers, or ValueError here rather than in search
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise CollectionError(f"{path}: malformed manifest or arrays ({type(exc).__name__}: {exc})") from None
         collection._check_consistent(path)
         return collection
 
@@ -417,6 +424,8 @@ class Collection:
         shapes = (self.features.shape, self.vectors.shape, self.index_.ntotal)
         if shapes != ((n, self.backbone.dim), (n, self.pca_.n_components_), n):
             raise CollectionError(f"{path}: inconsistent collection: {n} images but arrays/index of {shapes}")
+        if self.features.dtype != np.float32 or self.vectors.dtype != np.float32:
+            raise CollectionError(f"{path}: inconsistent collection: features and vectors must be float32")
 
     def __len__(self) -> int:
         return len(self.images)

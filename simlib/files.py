@@ -48,9 +48,15 @@ def find_images(root: str | os.PathLike) -> tuple[list[Path], list[FileError]]:
             try:
                 if entry.is_dir():
                     stack.append(Path(entry.path))
-                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in extensions:
+                elif os.path.splitext(entry.name)[1].lower() not in extensions:
+                    continue
+                elif entry.is_file():
                     found.append(Path(entry.path))
-            except OSError as exc:  # a dangling or looping symlink
+                elif entry.is_symlink():  # named like an image, so say why it is left out
+                    errors.append(FileError(entry.path, "broken symbolic link: its target does not exist"))
+                else:
+                    errors.append(FileError(entry.path, "not a regular file (a FIFO, socket or device)"))
+            except OSError as exc:  # a looping symlink
                 errors.append(FileError(entry.path, f"cannot follow: {exc.strerror or exc}"))
     return sorted(found, key=os.fspath), errors
 

@@ -18,6 +18,8 @@ ImageSource = Union[str, os.PathLike, bytes, BinaryIO]
 # that draft mode decodes at 1/4 scale is accepted while a 100 MP PNG is not.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
+# Formats Pillow can decode at 1/2, 1/4 or 1/8 scale; MPO is the multi-picture JPEG many cameras write.
+_DRAFTABLE = ("JPEG", "MPO")
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -108,7 +110,9 @@ def _open(source, label: str) -> Image.Image:
     try:
         return Image.open(source)
     except UnidentifiedImageError:
-        raise ImageDecodeError(label, "not an image format Pillow can read") from None
+        kind = _signature(source)
+        reason = f"a {kind} file with a corrupt header" if kind else "not an image format Pillow can read"
+        raise ImageDecodeError(label, reason) from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(label, f"refused as a decompression bomb: {exc}") from None
     except PermissionError:
@@ -117,9 +121,29 @@ def _open(source, label: str) -> Image.Image:
         raise ImageDecodeError(label, f"cannot open image: {_describe(exc)}") from None
 
 
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+}
+
+
+def _signature(source) -> str | None:
+    """The format a file's first bytes announce, when Pillow could not open it: corrupt rather than unknown."""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as handle:
+                head = handle.read(16)
+        else:
+            source.seek(0)
+            head = source.read(16)
+    except (OSError, ValueError):
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for magic, kind in _SIGNATURES.items() if head.startswith(magic)), None)
+
+
 def _decode(image: Image.Image, label: str, min_side: int, max_pixels: int) -> Image.Image:
-    orientation = _orientation(image)
-    if image.format == "JPEG" and min_side > 0:
+    if image.format in _DRAFTABLE and min_side > 0:
         try:
             image.draft("RGB", (min_side, min_side))
         except Exception as exc:
@@ -132,10 +156,12 @@ def _decode(image: Image.Image, label: str, min_side: int, max_pixels: int) -> I
             label, f"declared size {width}x{height} exceeds the limit of {max_pixels:,} pixels (decompression bomb?)"
         )
     try:
-        image.seek(0)  # first frame of an animation
-        image.load()
+        image.load()  # an animation opens at its first frame; seek(0) is not needed and fails on PSD files
     except Exception as exc:
         raise ImageDecodeError(label, f"corrupt or truncated image data: {_describe(exc)}") from None
+    # Only after load: a PNG's getexif() decodes the pixels itself, before the size check, and a failed load
+    # marks the image as loaded, so a later load() would hand back the garbage silently.
+    orientation = _orientation(image)
     try:
         rgb = to_rgb(image)
     except Exception as exc:

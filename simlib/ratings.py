@@ -19,9 +19,11 @@ from __future__ import annotations
 import io
 import math
 import os
+import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Callable, Iterable
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
@@ -34,6 +36,8 @@ EXIF_RATING_PERCENT = 0x4749
 TIFF_XMP = 700
 MAX_XMP_BYTES = 4 * 1024 * 1024  # a larger sidecar or packet is refused, not parsed
 REJECTED = -1.0
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT = (b"iTXt", b"tEXt", b"zTXt")  # chunks that may hold the XMP packet, keyed XML:com.adobe.xmp
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,10 @@ def read_rating(source: str | os.PathLike | bytes, *, sidecars: bool = True) -> 
         if sidecars:
             for sidecar in sidecar_paths(path):
                 _collect(values, problems, _sidecar_values(sidecar))
-        _collect(values, problems, _embedded_values(path))
+        if path.is_file():  # never open a FIFO or device: reading it could block for ever
+            _collect(values, problems, _embedded_values(path))
+        else:
+            problems.append(f"embedded metadata unreadable: {'not a regular file' if path.exists() else 'no such file'}")
     elif source:
         _collect(values, problems, _embedded_values(io.BytesIO(bytes(source))))
     if not values:
@@ -142,9 +149,10 @@ def _collect(values: list[RatingValue], problems: list[str], found: Iterable[Rat
 def _sidecar_values(sidecar: Path) -> list[RatingValue | str]:
     label = f"sidecar {sidecar.name}"
     try:
-        if sidecar.stat().st_size > MAX_XMP_BYTES:
+        with open(sidecar, "rb") as handle:
+            packet = handle.read(MAX_XMP_BYTES + 1)  # bounded even if the file grows after is_file() saw it
+        if len(packet) > MAX_XMP_BYTES:
             return [f"{label}: larger than {MAX_XMP_BYTES} bytes, not read"]
-        packet = sidecar.read_bytes()
     except OSError as exc:
         return [f"{label}: cannot read ({exc.strerror or exc})"]
     return xmp_values(packet, prefix=f"{label} ")
@@ -153,14 +161,67 @@ def _sidecar_values(sidecar: Path) -> list[RatingValue | str]:
 def _embedded_values(file: Path | io.BytesIO) -> list[RatingValue | str]:
     found: list[RatingValue | str] = []
     try:
-        with Image.open(file) as image:
-            packet = _xmp_packet(image)
+        with open(file, "rb") if isinstance(file, Path) else file as stream:
+            if stream.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE:
+                packet, exif = _png_metadata(stream)
+                found.extend(_exif_values(lambda: _exif_from_bytes(exif)) if exif else [])
+            else:
+                stream.seek(0)
+                with Image.open(stream) as image:
+                    packet = _xmp_packet(image)
+                    found.extend(_exif_values(image.getexif))
             if packet:
-                found.extend(xmp_values(packet))
-            found.extend(_exif_values(image))
+                found[:0] = xmp_values(packet)
     except Exception as exc:  # any file content may arrive here; report, never raise
         found.append(f"embedded metadata unreadable: {type(exc).__name__}: {exc}")
     return found
+
+
+def _png_metadata(stream: BinaryIO) -> tuple[bytes | None, bytes | None]:
+    """The XMP packet and EXIF block of a PNG wherever they lie, found by walking the chunk headers.
+
+    Pillow reads chunks after the image data only by decoding every pixel first, which costs a full decode per
+    file and lets a decompression bomb through; here the image data is skipped unread.
+    """
+    packet = exif = None
+    position = len(PNG_SIGNATURE)
+    while True:
+        stream.seek(position)
+        header = stream.read(8)
+        if len(header) < 8:
+            break
+        length, kind = struct.unpack(">I4s", header)
+        position += 12 + length  # length, type, data, CRC
+        if kind == b"IEND":
+            break
+        if kind in _PNG_TEXT and packet is None:
+            packet = _png_xmp(kind, stream.read(min(length, 2 * MAX_XMP_BYTES)))
+        elif kind == b"eXIf" and exif is None and length <= MAX_XMP_BYTES:
+            exif = stream.read(length)
+    return packet, exif
+
+
+
+def _png_xmp(kind: bytes, data: bytes) -> bytes | None:
+    """The XMP packet in a PNG text chunk keyed XML:com.adobe.xmp; None for any other text chunk."""
+    keyword, _, rest = data.partition(b"\0")
+    if keyword != b"XML:com.adobe.xmp":
+        return None
+    compressed = kind == b"zTXt" or (kind == b"iTXt" and rest[:1] not in (b"", b"\0"))
+    if kind == b"iTXt":  # compression flag, method, language tag, translated keyword, then the text
+        rest = rest[2:].split(b"\0", 2)[-1]
+    elif kind == b"zTXt":
+        rest = rest[1:]
+    if compressed:
+        # bounded: a packet inflating past the limit is cut there, then refused by xmp_values as too large
+        rest = zlib.decompressobj().decompress(rest, MAX_XMP_BYTES + 1)
+    return rest
+
+
+def _exif_from_bytes(data: bytes) -> Image.Exif:
+    exif = Image.Exif()
+    exif.load(data)
+    return exif
 
 
 def _xmp_packet(image: Image.Image) -> bytes | None:
@@ -174,10 +235,10 @@ def _xmp_packet(image: Image.Image) -> bytes | None:
     return packet if isinstance(packet, (bytes, bytearray)) else None
 
 
-def _exif_values(image: Image.Image) -> list[RatingValue | str]:
+def _exif_values(read_exif: Callable[[], Image.Exif]) -> list[RatingValue | str]:
     found: list[RatingValue | str] = []
     try:
-        exif = image.getexif()
+        exif = read_exif()
     except Exception as exc:
         return [f"EXIF unreadable: {type(exc).__name__}: {exc}"]
     for tag, name, convert in ((EXIF_RATING, "EXIF:Rating", _stars), (EXIF_RATING_PERCENT, "EXIF:RatingPercent", _percent)):
