@@ -63,9 +63,13 @@ def mean_average_precision(relevance_matrix: np.ndarray, total_relevant: np.ndar
     return float(np.mean(scored)) if scored else 0.0
 
 
-def precision_at_k(relevance_matrix: np.ndarray, k: int) -> float:
-    """Mean fraction of the top k that is relevant."""
-    return float(np.asarray(relevance_matrix)[:, :k].sum(axis=1).mean() / k)
+def precision_at_k(relevance_matrix: np.ndarray, k: int, total_relevant: np.ndarray | None = None) -> float:
+    """Mean fraction of the top k that is relevant; with `total_relevant`, over the queries that have at least one
+    relevant item (as mAP and recall@k count them: a query with nothing to find is no miss)."""
+    relevance_matrix = np.asarray(relevance_matrix)
+    if total_relevant is not None:
+        relevance_matrix = relevance_matrix[np.asarray(total_relevant) > 0]
+    return float(relevance_matrix[:, :k].sum(axis=1).mean() / k) if len(relevance_matrix) else 0.0
 
 
 def recall_at_k(relevance_matrix: np.ndarray, total_relevant: np.ndarray, k: int) -> float:
@@ -91,6 +95,26 @@ def ann_recall_at_k(approximate_ids: np.ndarray, exact_ids: np.ndarray, k: int) 
 
 
 # ------------------------------------------------------------------ match / no-match decisions
+
+
+def match_scores(
+    query_vectors: np.ndarray, query_labels: np.ndarray, db_vectors: np.ndarray, db_labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the best cosine similarity to a database item sharing its label (its match score, -inf if none
+    does) and to an item with another label (its non-match score, -inf if none). Rows L2-normalised; the queries
+    must not be in the database."""
+    query_vectors, db_vectors = np.asarray(query_vectors, np.float32), np.asarray(db_vectors, np.float32)
+    query_labels, db_labels = np.asarray(query_labels), np.asarray(db_labels)
+    if query_vectors.shape[1:] != db_vectors.shape[1:] or len(query_vectors) != len(query_labels):
+        raise ValueError(f"queries {query_vectors.shape}, {len(query_labels)} labels; database {db_vectors.shape}")
+    match = np.empty(len(query_vectors), np.float32)
+    nonmatch = np.empty(len(query_vectors), np.float32)
+    for start in range(0, len(query_vectors), 1024):  # bounded memory: 1024 rows of similarities at a time
+        sims = query_vectors[start : start + 1024] @ db_vectors.T
+        same = query_labels[start : start + 1024, None] == db_labels[None, :]
+        match[start : start + 1024] = np.where(same, sims, -np.inf).max(axis=1, initial=-np.inf)
+        nonmatch[start : start + 1024] = np.where(same, -np.inf, sims).max(axis=1, initial=-np.inf)
+    return match, nonmatch
 
 
 def roc_curve(scores: np.ndarray, is_match: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -194,6 +218,7 @@ def evaluate_configuration(
     *,
     pca_dim: int | None = 128,
     whiten: bool = False,
+    fitted_pca: PCA | None = None,
     index: IndexParams = IndexParams(),
     rating_weight: float = 0.0,
     db_stars: np.ndarray | None = None,
@@ -204,18 +229,20 @@ def evaluate_configuration(
     """Score one configuration on precomputed backbone features; returns a one-row DataFrame.
 
     Without query features every database item is a query against the others (leave-one-out). `pca_dim=None`
-    searches the raw features. Columns: mAP (over the top `ranking_depth`), P@1, P@k, R@k, N-S, ANN recall@k
-    against exact search on the same vectors, build seconds, queries per second (one query at a time), bytes per
-    vector of the index, and the dimensions kept.
+    searches the raw features. `fitted_pca`, a PCA fitted elsewhere (a collection's, or one fitted on more samples
+    than the database holds), is applied instead of fitting one on the database; `pca_dim` and `whiten` are then
+    its own. Columns: mAP (over the top `ranking_depth`), P@1, P@k, R@k, N-S, ANN recall@k against exact search
+    on the same vectors, build seconds, queries per second (one query at a time), bytes per vector of the index,
+    and the dimensions kept.
     """
     leave_one_out = query_features is None
     if leave_one_out:
         query_features, query_labels = db_features, db_labels
     db_labels, query_labels = np.asarray(db_labels), np.asarray(query_labels)
-    if pca_dim is None:
+    if pca_dim is None and fitted_pca is None:
         pca, db_vectors, query_vectors = None, normalize_rows(db_features), normalize_rows(query_features)
     else:
-        pca = PCA(pca_dim, whiten=whiten).fit(db_features)
+        pca = fitted_pca if fitted_pca is not None else PCA(pca_dim, whiten=whiten).fit(db_features)
         db_vectors = normalize_rows(pca.transform(db_features))
         query_vectors = normalize_rows(pca.transform(query_features))
     db_indexed = with_rating(db_vectors, db_stars, rating_weight)
@@ -237,12 +264,12 @@ def evaluate_configuration(
         [
             {
                 "dims": db_vectors.shape[1],
-                "pca": "raw" if pca is None else f"PCA-{pca.n_components_}" + (" whitened" if whiten else ""),
+                "pca": "raw" if pca is None else f"PCA-{pca.n_components_}" + (" whitened" if pca.whiten else ""),
                 "index": index.kind if index.kind == "exact" else f"HNSW M={index.M} efC={index.ef_construction} efS={index.ef_search}",
                 "rating_weight": rating_weight,
                 "mAP": mean_average_precision(rel, totals),
-                "P@1": precision_at_k(rel, 1),
-                f"P@{k}": precision_at_k(rel, k),
+                "P@1": precision_at_k(rel, 1, totals),
+                f"P@{k}": precision_at_k(rel, k, totals),
                 f"R@{k}": recall_at_k(rel, totals, k),
                 "N-S": ukbench_score(np.hstack([np.ones((len(rel), 1), bool), rel]) if leave_one_out else rel),
                 f"ANN recall@{k}": ann_recall_at_k(ranked, exact, k),

@@ -56,6 +56,11 @@ def _collate(items):
     return [i for i, _ in ok], batch, failed
 
 
+# On a CPU the model runs on at most this many images at a time: larger batches spill the activations out of the
+# per-core caches, and EfficientNet-Lite0 then spends twice the CPU time per image (benchmarks/throughput.py).
+CPU_MODEL_BATCH = 4
+
+
 def default_workers() -> int:
     """Decoding processes: one per core beyond the first, at least one, at most four."""
     return max(1, min(4, (os.cpu_count() or 1) - 1))
@@ -72,7 +77,10 @@ def extract_features(
 ) -> ExtractionResult:
     """Decode and embed `sources` in batches; a file that fails is reported in `errors` and the rest go on.
 
-    `progress` is True for a tqdm bar, False for none, or a callback `(done, total)`.
+    `batch_size` files are decoded per step, in `num_workers` processes. On a CPU the model then runs on them
+    `CPU_MODEL_BATCH` at a time, and while worker processes decode, torch in this process uses only the cores they
+    leave (at least one): a model thread that shares its core with a decoder stalls the other model threads at
+    every layer. `progress` is True for a tqdm bar, False for none, or a callback `(done, total)`.
     """
     names = list(names) if names is not None else [source_name(s) for s in sources]
     if len(names) != len(sources):
@@ -91,17 +99,25 @@ def extract_features(
         pin_memory=backbone.device.type == "cuda",
     )
     bar = tqdm(total=total, unit="img", desc=f"{backbone.name} features", disable=progress is not True)
+    on_cpu = backbone.device.type == "cpu"
+    threads = torch.get_num_threads()
     done = 0
-    with bar:
-        for ids, batch, failed in loader:
-            if batch is not None:
-                features[ids] = backbone.embed(batch).numpy()
-                ok[ids] = True
-            errors.extend(FileError(names[i], reason) for i, reason in failed)
-            done += len(ids) + len(failed)
-            bar.update(len(ids) + len(failed))
-            if callable(progress):
-                progress(done, total)
+    try:
+        if on_cpu and num_workers > 0:
+            torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - num_workers)))
+        with bar:
+            for ids, batch, failed in loader:
+                if batch is not None:
+                    chunks = batch.split(CPU_MODEL_BATCH) if on_cpu else [batch]
+                    features[ids] = np.concatenate([backbone.embed(chunk).numpy() for chunk in chunks])
+                    ok[ids] = True
+                errors.extend(FileError(names[i], reason) for i, reason in failed)
+                done += len(ids) + len(failed)
+                bar.update(len(ids) + len(failed))
+                if callable(progress):
+                    progress(done, total)
+    finally:
+        torch.set_num_threads(threads)
     indices = np.flatnonzero(ok)
     return ExtractionResult(features[indices], indices.astype(np.int64), errors)
 

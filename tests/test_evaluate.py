@@ -114,6 +114,21 @@ def test_noise_lowers_the_scores():
     assert noisy < clean - 0.3
 
 
+def test_a_pca_fitted_elsewhere_is_applied_instead_of_one_fitted_on_the_database():
+    from simlib.reduce import PCA
+
+    features, labels = clustered(n_groups=5, per_group=4)  # 20 items: a fit on them keeps at most 19 dimensions
+    extra, _ = clustered(n_groups=30, per_group=4, seed=1)
+    alone = evaluate_configuration(features, labels, pca_dim=32, index=IndexParams("exact")).iloc[0]
+    wider_pca = PCA(32, whiten=True).fit(np.vstack([features, extra]))
+    wider = evaluate_configuration(features, labels, fitted_pca=wider_pca, index=IndexParams("exact")).iloc[0]
+    assert alone["dims"] == 19 and wider["dims"] == 32 and wider["pca"] == "PCA-32 whitened"
+    # the same fit, made inside, scores the same
+    own = evaluate_configuration(features, labels, fitted_pca=PCA(16).fit(features), index=IndexParams("exact"))
+    inside = evaluate_configuration(features, labels, pca_dim=16, index=IndexParams("exact"))
+    assert own.iloc[0]["mAP"] == inside.iloc[0]["mAP"]
+
+
 @needs_shared
 def test_wallpaper_groups_load():
     data = load_wallpaper_groups(SHARED / "wallpapers")
@@ -132,3 +147,16 @@ def test_edited_copies_are_labelled_with_their_original(resnet18, tmp_path):
         scene(i, (500, 400)).save(paths[-1])
     features, labels = embed_edited_copies(resnet18, paths, batch_size=4)
     assert features.shape == (6, 512) and labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_match_scores_by_hand():
+    db = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    db_labels = np.array([0, 1, 1])
+    queries = np.array([[0.8, 0.6], [0.0, 1.0]])
+    from simlib.evaluate import match_scores
+
+    match, nonmatch = match_scores(queries, np.array([1, 2]), db, db_labels)
+    # query 0 (label 1): same label at rows 1, 2 -> max(0.6, 0.96); other label row 0 -> 0.8
+    assert match[0] == pytest.approx(0.96) and nonmatch[0] == pytest.approx(0.8)
+    # query 1 has a label no database item has: no match score, non-match is its best similarity overall
+    assert match[1] == -np.inf and nonmatch[1] == pytest.approx(1.0)

@@ -1,3 +1,5 @@
+import sys
+
 import faiss
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from simlib.index import (
     exact_search,
     index_from_bytes,
     index_to_bytes,
+    prefer_huge_pages,
     search_index,
 )
 from simlib.reduce import normalize_rows
@@ -79,3 +82,34 @@ def test_invalid_params_are_refused():
         IndexParams(M=0)
     with pytest.raises(ValueError, match="kind"):
         IndexParams(kind="ivf")
+
+
+@pytest.mark.parametrize("ef_search", [None, 4, 64])
+def test_one_query_at_a_time_matches_faiss_own_search(vectors, ef_search):
+    index = build_index(vectors, IndexParams(M=16, ef_construction=64, ef_search=32))
+    for query in vectors[:20] + 0.01:
+        distances, ids = search_index(index, query[None], 10, ef_search)
+        ef = max(ef_search or 32, 10)
+        expected = index.search(query[None], 10, params=faiss.SearchParametersHNSW(efSearch=ef))
+        assert np.array_equal(ids, expected[1]) and np.allclose(distances, expected[0])
+
+
+def test_a_beam_narrower_than_k_still_returns_k_neighbours(vectors):
+    index = build_index(vectors, IndexParams(ef_search=2))
+    _, ids = search_index(index, vectors[:3], 10, ef_search=1)
+    assert ids.shape == (3, 10) and (ids >= 0).all() and ids[:, 0].tolist() == [0, 1, 2]
+
+
+def test_queries_in_any_float_layout_are_accepted(vectors):
+    index = build_index(vectors)
+    fortran = np.asfortranarray(vectors[:5].astype(np.float64))
+    assert np.array_equal(search_index(index, fortran, 3)[1], search_index(index, vectors[:5], 3)[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="huge pages are asked for on Linux only")
+def test_huge_page_advice_covers_large_indexes_and_leaves_results_unchanged():
+    rows = normalize_rows(np.random.default_rng(2).standard_normal((40_000, 128)))  # 20 MB of vectors
+    index = build_index(rows, IndexParams(M=4, ef_construction=8))
+    plain = faiss.clone_index(index)  # fresh memory, never advised
+    assert prefer_huge_pages(index) >= 16 << 20 and prefer_huge_pages(build_index(rows[:100])) == 0
+    assert np.array_equal(search_index(index, rows[:50], 10)[1], search_index(plain, rows[:50], 10)[1])

@@ -1,0 +1,52 @@
+"""python -m benchmarks [--quick] [--only NAME ...] [--output PATH] [--cache DIR] [--no-cache]"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import ann, latency, quality, throughput
+from .inputs import DEFAULT_CACHE, RunConfig, SHARED
+from .machine import describe, load_average
+from .report import write_results
+
+BENCHMARKS = {"throughput": throughput, "ann": ann, "latency": latency, "quality": quality}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test of every script")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run these benchmarks only")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where built indexes and inputs are kept")
+    parser.add_argument("--no-cache", action="store_true", help="rebuild cached indexes and features")
+    parser.add_argument("--shared", type=Path, default=SHARED, help="the shared datasets folder")
+    args = parser.parse_args(argv)
+    config = RunConfig(quick=args.quick, cache=args.cache, shared=args.shared, use_cache=not args.no_cache)
+    started, load_before = time.perf_counter(), load_average()
+    sections = []
+    for name in args.only or BENCHMARKS:
+        print(f"== {name}", flush=True)
+        section = BENCHMARKS[name].run(config)
+        print(section.markdown(level=3), flush=True)
+        sections.append(section)
+    minutes = (time.perf_counter() - started) / 60
+    command = "python -m benchmarks" + (" --quick" if args.quick else "") + (
+        f" --only {' '.join(args.only)}" if args.only else ""
+    )
+    preamble = (
+        f"# simlib benchmarks{' (quick smoke run: small sizes, not for quoting)' if args.quick else ''}\n\n"
+        f"Written by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in {minutes:.1f} minutes. "
+        f"Every figure below was measured in that run.\n\n{describe()}\n\n"
+        f"Load average (1/5/15 min) at the start: {load_before}; at the end: {load_average()}. A load above the "
+        f"number of CPUs means other work shared the machine and the timings are pessimistic."
+    )
+    write_results(args.output, preamble, sections)
+    print(f"wrote {args.output}")
+    return args.output
+
+
+if __name__ == "__main__":
+    main()
