@@ -1,0 +1,211 @@
+"""Tuning studies: the measurements behind choosing the PCA size, the HNSW parameters, the match threshold and the
+rating weight. Functions on arrays (and one on a `Collection`) returning arrays or DataFrames; notebooks plot them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Sequence
+
+import faiss
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .evaluate import ann_recall_at_k, evaluate_configuration
+from .index import IndexParams, build_index, bytes_per_vector, check_vectors, exact_search, search_index
+from .reduce import PCA, normalize_rows
+
+if TYPE_CHECKING:
+    from .collection import Collection, SearchResult
+
+# ------------------------------------------------------------------ PCA size
+
+
+def sweep_pca(
+    db_features: np.ndarray,
+    db_labels: np.ndarray,
+    query_features: np.ndarray | None = None,
+    query_labels: np.ndarray | None = None,
+    *,
+    dims: Sequence[int] = (8, 16, 32, 64, 128),
+    whiten: Sequence[bool] = (False, True),
+    fit_features: np.ndarray | None = None,
+    k: int = 10,
+) -> pd.DataFrame:
+    """Retrieval quality against the number of PCA dimensions kept, with and without whitening, and the raw
+    features as the reference (row with `pca` == 'raw'), one `evaluate_configuration` row each.
+
+    Search is exact, so only the reduction varies. PCA is fitted once, on `fit_features` (default: the database),
+    and truncated to each size; sizes above what that fit supports (samples - 1) are measured once, at the most it
+    supports. Without query features every database item is a query against the others.
+    """
+    fit = db_features if fit_features is None else fit_features
+    full = PCA(max(int(d) for d in dims)).fit(fit)
+    kept = sorted({min(int(d), full.n_components_) for d in dims if int(d) >= 1})
+    common = dict(index=IndexParams("exact"), k=k)
+    rows = [
+        evaluate_configuration(
+            db_features, db_labels, query_features, query_labels, fitted_pca=truncated_pca(full, d, w), **common
+        ).assign(whiten=w)
+        for d, w in itertools.product(kept, whiten)
+    ]
+    raw = evaluate_configuration(db_features, db_labels, query_features, query_labels, pca_dim=None, **common)
+    table = pd.concat(rows + [raw.assign(whiten=False)], ignore_index=True)
+    return table.assign(fitted_on=len(fit))
+
+
+def truncated_pca(pca: PCA, n_components: int, whiten: bool = False) -> PCA:
+    """The first `n_components` of a fitted PCA, with or without whitening: the same as fitting that size on the
+    same data, without another eigendecomposition."""
+    arrays = pca.to_arrays()
+    n = min(int(n_components), pca.n_components_)
+    return PCA.from_arrays(
+        {
+            "mean": arrays["mean"],
+            "components": arrays["components"][:n],
+            "explained_variance": arrays["explained_variance"][:n],
+            "explained_variance_ratio": arrays["explained_variance_ratio"][:n],
+            "settings": np.array([n, int(whiten), pca.n_samples_], dtype=np.int64),
+        }
+    )
+
+
+# ------------------------------------------------------------------ HNSW parameters
+
+
+def timed_build(vectors: np.ndarray, params: IndexParams) -> tuple[faiss.Index, float]:
+    """The index over `vectors` and the seconds its build took."""
+    started = time.perf_counter()
+    index = build_index(vectors, params)
+    return index, time.perf_counter() - started
+
+
+@dataclass
+class QueryRun:
+    """One pass of queries over an index: quality, speed, cost and what was found."""
+
+    recall: float  # recall@k against the exact neighbours
+    qps: float  # queries per second, one query at a time
+    distances_per_query: float  # vectors compared per query: the cost of a search on any machine
+    ids: np.ndarray  # (n_queries, k) ids found, -1 where none
+
+
+def measure_queries(
+    index: faiss.Index, queries: np.ndarray, exact_ids: np.ndarray, k: int, ef_search: int, repeats: int = 3
+) -> QueryRun:
+    """Search `queries` one at a time, as an app searches, and measure the run against `exact_ids`.
+
+    The pass runs `repeats` times and the fastest counts, so a cold first pass or a busy moment on a shared machine
+    does not set the speed. Distances are counted by FAISS's global HNSW statistics during the first pass (the
+    full database size for an exact index), which searches running at the same time in this process would inflate.
+    """
+    queries = check_vectors(queries, index.d, "queries")
+    found = np.empty((len(queries), k), dtype=np.int64)
+    fastest, distances = np.inf, float(index.ntotal)
+    for repeat in range(max(1, int(repeats))):
+        faiss.cvar.hnsw_stats.reset()
+        started = time.perf_counter()
+        for i, query in enumerate(queries):
+            found[i] = search_index(index, query[None], k, ef_search)[1][0]
+        fastest = min(fastest, time.perf_counter() - started)
+        if repeat == 0 and isinstance(index, faiss.IndexHNSW):
+            distances = faiss.cvar.hnsw_stats.ndis / max(len(queries), 1)
+    return QueryRun(ann_recall_at_k(found, exact_ids, k), len(queries) / max(fastest, 1e-9), distances, found)
+
+
+def sweep_hnsw(
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    *,
+    M: Sequence[int] = (8, 16, 32, 64),
+    ef_construction: Sequence[int] = (40, 200),
+    ef_search: Sequence[int] = (16, 32, 64, 128, 256),
+    k: int = 10,
+    repeats: int = 3,
+) -> pd.DataFrame:
+    """One row per (M, ef_construction, ef_search): recall@k against exact search on the same vectors, queries
+    per second and distance computations per query (`measure_queries`), build seconds and index bytes per vector.
+    Each (M, ef_construction) index is built once.
+
+    An efSearch below k is searched at k (`search_index` never returns fewer than k), so recall is reported for
+    the efSearch actually used, in column `ef_search`.
+    """
+    vectors = check_vectors(vectors)
+    queries = check_vectors(queries, vectors.shape[1], "queries")
+    k = min(int(k), len(vectors))
+    _, exact_ids = exact_search(vectors, queries, k)
+    rows = []
+    for m, ef_c in itertools.product(M, ef_construction):
+        index, build_s = timed_build(vectors, IndexParams(M=int(m), ef_construction=int(ef_c)))
+        size = bytes_per_vector(index)
+        for ef_s in sorted({max(int(e), k) for e in ef_search}):
+            run = measure_queries(index, queries, exact_ids, k, ef_s, repeats)
+            rows.append(dict(M=int(m), ef_construction=int(ef_c), ef_search=ef_s, k=k, recall=run.recall,
+                             qps=run.qps, distances_per_query=run.distances_per_query, build_s=build_s,
+                             bytes_per_vector=size))
+    return pd.DataFrame(rows)
+
+
+def cheapest_settings(sweep: pd.DataFrame, min_recall: float = 0.95) -> pd.DataFrame:
+    """For each (M, ef_construction) of a `sweep_hnsw` table, the smallest efSearch reaching `min_recall`
+    (pairs that never reach it are left out), cheapest first: fewest distance computations per query."""
+    reached = sweep[sweep["recall"] >= min_recall]
+    first = reached.sort_values("ef_search").groupby(["M", "ef_construction"], as_index=False).head(1)
+    return first.sort_values(["distances_per_query", "bytes_per_vector"], ignore_index=True)
+
+
+def recommend_hnsw(sweep: pd.DataFrame, min_recall: float = 0.95, cost_tolerance: float = 0.1) -> pd.Series:
+    """The setting to recommend from a `sweep_hnsw` table: among settings reaching `min_recall`, those costing at
+    most `cost_tolerance` more distance computations per query than the cheapest, then the least memory per
+    vector. The cost is counted, not timed, so the choice does not move with the load of the machine. When no
+    setting reaches `min_recall`, the one with the highest recall (then the cheapest)."""
+    candidates = cheapest_settings(sweep, min_recall)
+    if candidates.empty:
+        return sweep.sort_values(["recall", "distances_per_query"], ascending=[False, True]).iloc[0]
+    cheapest = candidates["distances_per_query"].min()
+    near = candidates[candidates["distances_per_query"] <= (1 + cost_tolerance) * cheapest]
+    return near.sort_values(["bytes_per_vector", "distances_per_query"]).iloc[0]
+
+
+def synthetic_like(vectors: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """`n` unit vectors drawn from a Gaussian with the mean and covariance of `vectors`' rows, then L2-normalised
+    like real ones: a stand-in for a larger collection when too few real images are at hand to fill an index."""
+    vectors = check_vectors(vectors)
+    if len(vectors) < 2:
+        raise ValueError(f"need at least 2 vectors to estimate a covariance, got {len(vectors)}")
+    rng = np.random.default_rng(seed)
+    mean = vectors.mean(axis=0, dtype=np.float64)
+    cov = np.cov(vectors, rowvar=False)
+    return normalize_rows(rng.multivariate_normal(mean, cov, size=int(n), method="eigh"))
+
+
+# ------------------------------------------------------------------ match threshold and rating fallback
+
+
+def fallback_rate(best_similarities: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """For each threshold, the fraction of queries whose best visual similarity is below it, i.e. whose search
+    falls back to ratings."""
+    best = np.asarray(best_similarities, dtype=np.float64)
+    return (best[None, :] < np.asarray(thresholds, dtype=np.float64)[:, None]).mean(axis=1)
+
+
+def leave_one_out_search(
+    collection: "Collection",
+    query: Image.Image,
+    original_id: int,
+    k: int,
+    rule: Literal["visual", "rating-fallback"],
+    query_rating: float | None = None,
+) -> list["SearchResult"]:
+    """The `k` results `collection.search` gives `query` under `rule` as if image `original_id` were not in the
+    collection. The rule is forced by the threshold (-inf: visual, +inf: fallback); the search asks for one more
+    result and drops the original. That leaves the order of the others as it would be without the original: exactly
+    for the fallback (ordered by rating, then similarity), up to HNSW's approximation for visual search."""
+    if rule not in ("visual", "rating-fallback"):
+        raise ValueError(f"rule must be 'visual' or 'rating-fallback', got {rule!r}")
+    threshold = -np.inf if rule == "visual" else np.inf
+    response = collection.search(query, k + 1, threshold=threshold, query_rating=query_rating)
+    return [result for result in response.results if result.id != original_id][:k]

@@ -1,0 +1,77 @@
+"""The research notebooks: each runs top to bottom in a fresh kernel on the bundled sample, and the committed
+files carry no outputs."""
+
+import json
+import sys
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="notebook tests need the dev extra (nbformat, nbclient)")
+nbclient = pytest.importorskip("nbclient", reason="notebook tests need the dev extra (nbformat, nbclient)")
+pytest.importorskip("ipykernel", reason="notebook tests need the notebooks extra (ipykernel, ipywidgets)")
+pytest.importorskip("ipywidgets", reason="notebook tests need the notebooks extra (ipykernel, ipywidgets)")
+
+from .conftest import ROOT, needs_offline_backbone  # noqa: E402
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+STRIP = "strip them with: jupyter nbconvert --clear-output --inplace notebooks/*.ipynb"
+
+
+def test_the_four_research_notebooks_are_present():
+    assert [path.stem for path in NOTEBOOKS] == [
+        "01_feature_extraction",
+        "02_pca_variance",
+        "03_hnsw_sweeps",
+        "04_rating_fallback",
+    ]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_committed_notebook_carries_no_outputs_and_one_parameters_cell(path):
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    with_outputs = [i for i, cell in enumerate(code) if cell.outputs or cell.execution_count is not None]
+    assert not with_outputs, f"{path.name}: code cells {with_outputs} carry outputs; {STRIP}"
+    assert "widgets" not in notebook.metadata, f"{path.name}: saved widget state; {STRIP}"
+    parameters = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
+    assert len(parameters) == 1 and "DATASET = " in parameters[0].source
+
+
+@pytest.fixture(scope="module")
+def kernel_name(tmp_path_factory, monkeypatch_module):
+    """A kernel spec running this interpreter, first on the Jupyter path: every notebook gets a fresh kernel
+    of the environment under test, whatever kernels the machine has registered, on the bundled sample."""
+    folder = tmp_path_factory.mktemp("jupyter")
+    spec = folder / "kernels" / "simlib-test"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "simlib tests", "language": "python"}))
+    monkeypatch_module.setenv("JUPYTER_PATH", str(folder))
+    monkeypatch_module.delenv("SIMLIB_NOTEBOOK_DATASET", raising=False)  # the kernel inherits it: run the default
+    return "simlib-test"
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@needs_offline_backbone  # load_backbone("auto") falls back to EfficientNet-Lite0 without ResNet-18 weights
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_notebook_runs_top_to_bottom_in_a_fresh_kernel(path, kernel_name):
+    notebook = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name=kernel_name, resources={"metadata": {"path": str(path.parent)}}
+    )
+    client.execute()  # raises CellExecutionError, naming the cell and the error, at the first failing cell
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(cell.execution_count for cell in code)
+    outputs = [output for cell in code for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    figures = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert figures, f"{path.name} drew no figure"
+    if path.stem == "03_hnsw_sweeps":
+        assert any("application/vnd.jupyter.widget-view+json" in output.get("data", {}) for output in outputs)
