@@ -49,6 +49,8 @@ def kernel_name(tmp_path_factory, monkeypatch_module):
     (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "simlib tests", "language": "python"}))
     monkeypatch_module.setenv("JUPYTER_PATH", str(folder))
     monkeypatch_module.delenv("SIMLIB_NOTEBOOK_DATASET", raising=False)  # the kernel inherits it: run the default
+    # importing streamlit (the app tests) sets MPLBACKEND=Agg in this process; a kernel inheriting it draws nothing
+    monkeypatch_module.delenv("MPLBACKEND", raising=False)
     return "simlib-test"
 
 
