@@ -2,12 +2,11 @@
 
 (a) the straightforward way: one image at a time, full decode, full-size resize, batch of one;
 (b) simlib's pipeline: `extract_features` with its defaults;
-ceiling: the model alone on already-preprocessed uint8 tensors, in batches of the pipeline's size.
+ceiling: the model alone on already-preprocessed uint8 tensors, at its best batch size and thread count here.
 """
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import os
 import time
@@ -19,15 +18,16 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from simlib.backbones import Backbone
-from simlib.features import default_workers, extract_features
+from simlib.features import CPU_MODEL_BATCH, default_batch_size, default_workers, extract_features, model_threads
 from simlib.images import load_image
 
 from .inputs import CAMERA_SIZE, RunConfig, camera_jpegs, timing_backbones
 from .measure import interleaved_rates, rate
 from .report import Headline, Section
 
-DEFAULT_BATCH = inspect.signature(extract_features).parameters["batch_size"].default
-MODEL_BATCHES = (1, 8, DEFAULT_BATCH)
+DEFAULT_BATCH = default_batch_size(torch.device("cpu"))
+MODEL_BATCHES = tuple(sorted({1, CPU_MODEL_BATCH, 8, 32}))
+CORES = os.cpu_count() or 1
 
 
 def naive_features(backbone: Backbone, paths) -> np.ndarray:
@@ -75,16 +75,19 @@ def run(config: RunConfig) -> Section:
         f"(a) one image at a time: full decode, PIL resize from full size, batch of 1; (b) `extract_features` "
         f"with its defaults (batch {DEFAULT_BATCH}, {default_workers()} decoding worker(s) on this machine, "
         f"{torch.get_num_threads()} torch threads); ceiling: `Backbone.embed` alone on preprocessed uint8 tensors, "
-        f"at the best of batch sizes {', '.join(map(str, MODEL_BATCHES))}. Images per second, median of "
-        f"{repeats} interleaved rounds. "
-        f"CPU milliseconds per image (all threads of this process) for the draft decode + resize of (b) and for "
-        f"the model: when both cores are busy, (b) cannot beat the ceiling by more than model / (model + decode), "
-        f"the 'b/ceiling bound' column. cos(a, b): agreement of the two paths' features (draft decoding and the "
-        f"resize path change pixels slightly)."
+        f"at its best over batch sizes {', '.join(map(str, MODEL_BATCHES))} and 1 or {CORES} torch threads. Images "
+        f"per second, median of {repeats} interleaved rounds. "
+        f"'Where the CPU goes' gives CPU milliseconds per image for the draft decode + resize of (b) and for the "
+        f"model on one thread at batch {CPU_MODEL_BATCH}. Decoding and the model share the {CORES} cores, so (b) "
+        f"cannot exceed {CORES} x 1000 / (decode ms + model ms) images per second, however well they overlap; that "
+        f"over the ceiling (which gives every core to the model) is the 'b/ceiling bound' column. cos(a, b): "
+        f"agreement of the two paths' features (draft decoding and the resize path change pixels slightly)."
     )
-    rows = []
+    rows, model_rows = [], []
     for backbone in timing_backbones(config):
-        rows.append(_compare(backbone, paths, n_naive, files, repeats))
+        row, rates = _compare(backbone, paths, n_naive, files, repeats)
+        rows.append(row)
+        model_rows += rates
         label = f"{backbone.name} b/a" + (" (random weights)" if backbone.name == "resnet18" else "")
         ratio = rows[-1]["b/a"]
         section.headlines.append(Headline(f"extraction {label}", f"{ratio:.1f}x", ">= 4", ratio >= 4))
@@ -96,49 +99,74 @@ def run(config: RunConfig) -> Section:
     main = ["backbone", "(a) naive img/s", "(b) simlib img/s", "ceiling img/s", "b/a", "b/ceiling", "cos(a, b) min"]
     section.table(frame[main], "Images per second:", floatfmt=".3g")
     section.table(frame[[c for c in frame.columns if c not in main[1:]]], "Where the CPU goes:", floatfmt=".3g")
+    section.table(pd.DataFrame(model_rows), "The model alone, images per second (one round each):", floatfmt=".3g")
     if not config.quick:
         grid = pd.concat([_settings_grid(b, paths) for b in timing_backbones(config)], ignore_index=True)
         section.table(grid, "Pipeline settings tried (images per second, one round each):", floatfmt=".3g")
     return section
 
 
-def _compare(backbone: Backbone, paths, n_naive: int, files, repeats: int) -> dict:
+def _compare(backbone: Backbone, paths, n_naive: int, files, repeats: int) -> tuple[dict, list[dict]]:
     tensors = [t for t, _ in zip(itertools.cycle(preprocessed(backbone, files)), paths)]
     naive_features(backbone, files[:1])  # warm-up: first calls build the model's kernels
-    simlib_features(backbone, paths[:DEFAULT_BATCH])
-    # the ceiling: the model's best throughput over batch sizes, on this machine
+    simlib_features(backbone, paths[:32])  # warm-up, decoding workers included
+    # the ceiling: the model's best throughput over batch sizes and thread counts, on this machine
     by_size = {size: batched(tensors, size) for size in MODEL_BATCHES}
-    for batches in by_size.values():
-        model_alone(backbone, batches[:1])
-    model_rates = interleaved_rates({size: lambda b=b: model_alone(backbone, b) for size, b in by_size.items()},
-                                    len(tensors), 1)
-    best = max(model_rates, key=model_rates.get)
+    model_rates = {threads: _model_rates(backbone, by_size, threads, len(tensors)) for threads in sorted({1, CORES})}
+    best_threads, best_size = max(
+        ((t, size) for t, rates in model_rates.items() for size in rates), key=lambda ts: model_rates[ts[0]][ts[1]]
+    )
     rates = interleaved_rates(
         {
             "a": lambda: naive_features(backbone, paths[:n_naive]),
             "b": lambda: simlib_features(backbone, paths),
-            "ceiling": lambda: model_alone(backbone, by_size[best]),
+            "ceiling": lambda: _with_threads(best_threads, lambda: model_alone(backbone, by_size[best_size])),
         },
         {"a": n_naive, "b": len(paths), "ceiling": len(paths)},
         repeats,
     )
     agreement = np.einsum("ij,ij->i", naive_features(backbone, files), simlib_features(backbone, files))
     decode_ms = cpu_milliseconds(lambda: preprocessed(backbone, files)) / len(files)
-    model_ms = cpu_milliseconds(lambda: model_alone(backbone, by_size[DEFAULT_BATCH])) / len(paths)
+    model_ms = _with_threads(
+        1, lambda: cpu_milliseconds(lambda: model_alone(backbone, by_size[CPU_MODEL_BATCH])) / len(tensors)
+    )
+    bound = min(rates["ceiling"], CORES * 1000 / (decode_ms + model_ms))
     return {
         "backbone": backbone.name + (" (random weights)" if backbone.name == "resnet18" else ""),
         "(a) naive img/s": rates["a"],
         "(b) simlib img/s": rates["b"],
         "ceiling img/s": rates["ceiling"],
-        "ceiling batch": best,
+        "ceiling threads x batch": f"{best_threads} x {best_size}",
         "b/a": rates["b"] / rates["a"],
         "b/ceiling": rates["b"] / rates["ceiling"],
         "decode CPU ms/img": decode_ms,
-        f"model CPU ms/img (batch {DEFAULT_BATCH})": model_ms,
-        "b/ceiling bound": model_ms / (model_ms + decode_ms),
+        f"model CPU ms/img (1 thread, batch {CPU_MODEL_BATCH})": model_ms,
+        "b/ceiling bound": bound / rates["ceiling"],
         "cos(a, b) min": float(agreement.min()),
-        **{f"model alone img/s, batch {size}": r for size, r in model_rates.items()},
-    }
+    }, [
+        {"backbone": backbone.name, "torch threads": threads, **{f"batch {size}": r for size, r in by_batch.items()}}
+        for threads, by_batch in model_rates.items()
+    ]
+
+
+def _model_rates(backbone: Backbone, by_size: dict, threads: int, items: int) -> dict[int, float]:
+    """Images per second of the model alone at each batch size, on `threads` torch threads (one round)."""
+
+    def measure():
+        for batches in by_size.values():
+            model_alone(backbone, batches[:1])  # warm-up
+        return interleaved_rates({size: lambda b=b: model_alone(backbone, b) for size, b in by_size.items()}, items, 1)
+
+    return _with_threads(threads, measure)
+
+
+def _with_threads(threads: int, run):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return run()
+    finally:
+        torch.set_num_threads(previous)
 
 
 def cpu_milliseconds(run) -> float:
@@ -149,16 +177,16 @@ def cpu_milliseconds(run) -> float:
 
 
 def _settings_grid(backbone: Backbone, paths) -> pd.DataFrame:
-    threads = torch.get_num_threads()
+    """`extract_features` over decoding workers and batch sizes; with no worker, also the model on 1 thread."""
     rows = []
-    try:
-        for workers, torch_threads, batch in itertools.product((0, 1, 2), (1, 2), (8, 32)):
-            torch.set_num_threads(torch_threads)
-            speed = rate(lambda: simlib_features(backbone, paths, num_workers=workers, batch_size=batch), len(paths), 1)
-            rows.append(
-                {"backbone": backbone.name, "workers": workers, "torch threads": torch_threads, "batch": batch,
-                 "img/s": speed}
-            )
-    finally:
-        torch.set_num_threads(threads)
+    for workers, threads, batch in itertools.product((0, 1, 2), sorted({1, CORES}), (4, 8, 32)):
+        if workers and threads != CORES:
+            continue  # with workers, extract_features chooses the model's threads itself
+        speed = _with_threads(
+            threads,
+            lambda: rate(lambda: simlib_features(backbone, paths, num_workers=workers, batch_size=batch), len(paths), 1),
+        )
+        used = _with_threads(threads, lambda: model_threads(workers))
+        rows.append({"backbone": backbone.name, "workers": workers, "model threads": used, "batch": batch,
+                     "img/s": speed})
     return pd.DataFrame(rows)

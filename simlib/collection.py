@@ -133,7 +133,7 @@ class Collection:
         *,
         weights: str | os.PathLike | None = None,
         progress: Progress = True,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         num_workers: int | None = None,
     ) -> "Collection":
         """A new collection from a folder (searched recursively) or a list of image files."""
@@ -149,7 +149,7 @@ class Collection:
         *,
         refit: bool = False,
         progress: Progress = True,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         num_workers: int | None = None,
     ) -> AddReport:
         """Index more images. Without `refit` the fitted PCA and threshold are kept; with it both are learned

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import sys
 from dataclasses import asdict, dataclass
 from typing import Iterator, Literal
@@ -43,9 +44,22 @@ def check_vectors(x: np.ndarray, dim: int | None = None, name: str = "vectors") 
         raise ValueError(f"{name} must be 2-D (n, d), got shape {x.shape}")
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"{name} have {x.shape[1]} dimensions, the index has {dim}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contain NaN or infinite values")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not _norms_finite(x):
+        raise ValueError(f"{name} contain NaN or infinite values, or values so large that distances overflow")
+    return x
+
+
+def _norms_finite(x: np.ndarray) -> bool:
+    """Whether every row's squared L2 norm is finite in float32: no NaN, no infinity, nothing whose distances would
+    overflow. FAISS's own kernel does it: for one query, a NumPy ufunc here costs several microseconds more than
+    its own run time, about a tenth of a small HNSW search (benchmarks/ann.py)."""
+    n, d = x.shape
+    if n == 1:
+        return math.isfinite(faiss.fvec_norm_L2sqr(faiss.swig_ptr(x), d))
+    norms = np.empty(n, dtype=np.float32)
+    faiss.fvec_norms_L2sqr(faiss.swig_ptr(norms), faiss.swig_ptr(x), d, n)
+    return bool(np.isfinite(norms).all())
 
 
 RATING_MIDPOINT = 2.5  # the rating appended for unrated images and queries

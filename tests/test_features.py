@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+import torch
 
-from simlib.features import embed_query, extract_features
+from simlib.features import embed_query, extract_features, model_threads
 
 from .conftest import scene
 
@@ -48,3 +49,17 @@ def test_query_path_matches_batch_path(resnet18, mixed_files):
 def test_empty_input_gives_empty_result(resnet18):
     result = extract_features(resnet18, [], progress=False)
     assert result.features.shape == (0, 512) and result.errors == []
+
+
+def test_the_model_gets_the_cores_the_decoders_leave_and_torch_threads_are_restored(resnet18, mixed_files, monkeypatch):
+    monkeypatch.setattr("simlib.features.os.cpu_count", lambda: 8)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(6)
+    try:
+        assert [model_threads(w) for w in (0, 1, 2, 4, 7, 8, 12)] == [6, 6, 6, 4, 1, 1, 1]
+        seen = []
+        monkeypatch.setattr(resnet18, "embed", lambda batch, f=resnet18.embed: seen.append(torch.get_num_threads()) or f(batch))
+        extract_features(resnet18, mixed_files, batch_size=2, num_workers=5, progress=False)
+        assert seen and set(seen) == {3} and torch.get_num_threads() == 6
+    finally:
+        torch.set_num_threads(previous)

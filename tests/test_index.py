@@ -70,7 +70,13 @@ def test_builds_are_reproducible(vectors):
 
 @pytest.mark.parametrize(
     "bad, message",
-    [(np.zeros(32), "2-D"), (np.zeros((2, 31)), "31 dimensions"), (np.full((1, 32), np.nan), "NaN")],
+    [
+        (np.zeros(32), "2-D"),
+        (np.zeros((2, 31)), "31 dimensions"),
+        (np.full((1, 32), np.nan), "NaN"),
+        (np.vstack([np.zeros(32), np.r_[np.inf, np.zeros(31)]]), "infinite"),
+        (np.full((1, 32), 1e30), "overflow"),  # finite, but its squared distances are not in float32
+    ],
 )
 def test_bad_query_arrays_get_clear_errors(vectors, bad, message):
     with pytest.raises(ValueError, match=message):
