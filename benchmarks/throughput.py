@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from simlib.backbones import Backbone
-from simlib.features import CPU_MODEL_BATCH, default_batch_size, default_workers, extract_features, model_threads
+from simlib.backbones import CPU_MODEL_BATCH, Backbone
+from simlib.features import default_batch_size, default_workers, extract_features, model_threads
 from simlib.images import load_image
 
 from .inputs import CAMERA_SIZE, RunConfig, camera_jpegs, timing_backbones

@@ -22,6 +22,11 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# On a CPU the model runs on at most this many images at a time: larger batches spill the activations out of the
+# per-core caches, where EfficientNet-Lite0 then spends up to twice the CPU time per image (benchmarks/throughput.py),
+# and hold more memory (the 60 edited copies of a threshold calibration, embedded at once, took 0.6 GB more).
+CPU_MODEL_BATCH = 4
+
 
 class WeightsUnavailableError(RuntimeError):
     """The weights a backbone needs cannot be found or fetched; the message says how to supply them."""
@@ -95,10 +100,14 @@ class Backbone:
         features = self.model(x).float()
         return nn.functional.normalize(features, dim=1).cpu()
 
+    def features(self, batch: torch.Tensor) -> np.ndarray:
+        """`embed` over a uint8 batch of any size, as a float32 array; on a CPU `CPU_MODEL_BATCH` images at a time."""
+        chunks = batch.split(CPU_MODEL_BATCH) if self.device.type == "cpu" else [batch]
+        return np.concatenate([self.embed(chunk).numpy() for chunk in chunks])
+
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """Features of already-decoded RGB images, (n, dim) float32."""
-        batch = torch.stack([self.preprocess(image) for image in images])
-        return self.embed(batch).numpy()
+        return self.features(torch.stack([self.preprocess(image) for image in images]))
 
 
 def _resnet18() -> nn.Module:

@@ -56,13 +56,8 @@ def _collate(items):
     return [i for i, _ in ok], batch, failed
 
 
-# On a CPU the model runs on at most this many images at a time: larger batches spill the activations out of the
-# per-core caches, and EfficientNet-Lite0 then spends twice the CPU time per image (benchmarks/throughput.py).
-CPU_MODEL_BATCH = 4
-
-
 def default_batch_size(device: torch.device) -> int:
-    """Files decoded per step: 32 to keep a GPU busy; 8 on a CPU, where the model takes `CPU_MODEL_BATCH` at a time
+    """Files decoded per step: 32 to keep a GPU busy; 8 on a CPU, where the model takes 4 at a time
     anyway and a smaller step starts the model sooner and holds fewer decoded images (benchmarks/throughput.py)."""
     return 8 if device.type == "cpu" else 32
 
@@ -91,9 +86,9 @@ def extract_features(
 ) -> ExtractionResult:
     """Decode and embed `sources` in batches; a file that fails is reported in `errors` and the rest go on.
 
-    `batch_size` files (default: `default_batch_size`) are decoded per step, in `num_workers` processes. On a CPU the model then runs on them
-    `CPU_MODEL_BATCH` at a time on `model_threads(num_workers)` threads. `progress` is True for a tqdm bar, False
-    for none, or a callback `(done, total)`.
+    `batch_size` files (default: `default_batch_size`) are decoded per step, in `num_workers` processes; the model
+    embeds them with `Backbone.features` on `model_threads(num_workers)` threads. `progress` is True for a tqdm bar,
+    False for none, or a callback `(done, total)`.
     """
     names = list(names) if names is not None else [source_name(s) for s in sources]
     if len(names) != len(sources):
@@ -123,8 +118,7 @@ def extract_features(
         with bar:
             for ids, batch, failed in loader:
                 if batch is not None:
-                    chunks = batch.split(CPU_MODEL_BATCH) if on_cpu else [batch]
-                    features[ids] = np.concatenate([backbone.embed(chunk).numpy() for chunk in chunks])
+                    features[ids] = backbone.features(batch)
                     ok[ids] = True
                 errors.extend(FileError(names[i], reason) for i, reason in failed)
                 done += len(ids) + len(failed)

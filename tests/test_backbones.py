@@ -125,3 +125,13 @@ def test_auto_falls_back_to_efficientnet_and_says_why(tmp_path, monkeypatch):
 def test_auto_prefers_resnet18_when_weights_exist(resnet18_weights):
     backbone = load_backbone("auto", resnet18_weights, device="cpu")
     assert backbone.name == "resnet18" and backbone.notice is None
+
+
+def test_features_embed_a_large_batch_a_few_images_at_a_time_on_a_cpu(resnet18, monkeypatch):
+    batch = torch.stack([resnet18.preprocess(scene(i)) for i in range(10)])
+    whole = resnet18.embed(batch).numpy()
+    seen = []
+    monkeypatch.setattr(resnet18, "embed", lambda chunk, f=resnet18.embed: seen.append(len(chunk)) or f(chunk))
+    chunked = resnet18.features(batch)
+    assert seen == [backbones.CPU_MODEL_BATCH] * 2 + [10 - 2 * backbones.CPU_MODEL_BATCH]
+    assert chunked.shape == (10, 512) and np.allclose(chunked, whole, atol=1e-5)

@@ -3,7 +3,6 @@ import pandas as pd
 import pytest
 
 from simlib import Collection
-from simlib.index import IndexParams
 from simlib.ratings import REJECTED
 from simlib.reduce import PCA, normalize_rows
 from simlib.tuning import (

@@ -143,7 +143,7 @@ def test_external_entities_are_refused_and_never_fetched(kind, server, tmp_path)
     for rating in (sidecar, embedded):
         assert rating.stars != 5.0
     if kind == "xinclude":  # no DTD: parsed, and the unexpanded include element is not a rating
-        assert found == [f"xmp:Rating: ignored '' (could not convert string to float: '')"]
+        assert found == ["xmp:Rating: ignored '' (could not convert string to float: '')"]
     else:
         assert found == ["XMP refused: DTDForbidden"] and sidecar.unrated and embedded.unrated
 
