@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from importlib.metadata import version
+from importlib.metadata import distribution, version
 
 import faiss
 import hnswlib
@@ -57,7 +57,7 @@ def run(config: RunConfig) -> Section:
         f"interleaved rounds; one-query rows call the library once per query from Python (the app's path), batched "
         f"rows pass all queries in one call using every core. hnswlib builds with every core, as FAISS does. The "
         f"speed ratio at recall@{K} = {TARGET_RECALL} interpolates each library's one-query curve (log QPS linear in "
-        f"recall between the two efSearch values around {TARGET_RECALL})."
+        f"recall between the two efSearch values around {TARGET_RECALL}). {_builds_of_libraries()}"
     )
     unique = np.unique(real, axis=0)
     section.text(
@@ -92,6 +92,23 @@ def run(config: RunConfig) -> Section:
         )
         del db
     return section
+
+
+def _builds_of_libraries() -> str:
+    """How the two libraries were compiled: a wheel built from source is tagged for the bare platform."""
+    tags = [line.split(":", 1)[1].strip() for line in (distribution("hnswlib").read_text("WHEEL") or "").splitlines()
+            if line.startswith("Tag:")]
+    local = bool(tags) and not any("manylinux" in tag or "musllinux" in tag for tag in tags)
+    hnswlib_build = (
+        f"was built from source (wheel tag {', '.join(tags)}, not a portable manylinux wheel), and hnswlib's build "
+        "compiles with -march=native unless HNSWLIB_NO_NATIVE is set"
+        if local
+        else f"is a portable wheel ({', '.join(tags) or 'tag unknown'})"
+    )
+    return (
+        f"hnswlib {version('hnswlib')} {hnswlib_build}; faiss-cpu {faiss.__version__} is a portable wheel that picks "
+        f"its SIMD kernels at run time (compile options: {faiss.get_compile_options().strip()})."
+    )
 
 
 def real_vectors(config: RunConfig, backbone) -> np.ndarray:
