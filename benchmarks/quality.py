@@ -65,9 +65,14 @@ def run(config: RunConfig) -> Section:
                         & (table["fitted on"] == "benchmark images") & (table["index"] != "exact")].iloc[0]
     loss = 100 * (reference - recommended["mAP"])
     section.headlines.append(
-        Headline("mAP loss, PCA-128 + HNSW vs raw exact (points)", f"{loss:.2f}", "<= 1", loss <= 1.0)
+        Headline(
+            f"mAP loss, {recommended['pca']} (fitted as a collection fits its own images) + HNSW vs raw exact (points)",
+            f"{loss:.2f}", "<= 1", loss <= 1.0,
+        )
     )
-    section.headlines.append(Headline("N-S, PCA-128 + HNSW (wallpapers)", f"{recommended['N-S']:.2f}", "", None))
+    section.headlines.append(
+        Headline(f"N-S, {recommended['pca']} + HNSW (wallpapers)", f"{recommended['N-S']:.2f}", "", None)
+    )
     decision = decision_quality(data)
     section.table(decision, "Match / no-match decisions (edited copies; see below):", floatfmt=".3f")
     section.text(
