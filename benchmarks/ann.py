@@ -25,6 +25,7 @@ from .inputs import (
     benchmark_features,
     cache_key,
     cached_build,
+    NEEDS_WALLPAPERS,
     quality_backbone,
     spectrum_pca,
     synthetic_vectors,
@@ -42,9 +43,9 @@ DB_SEED, QUERY_SEED = 1, 2
 
 def run(config: RunConfig) -> Section:
     section = Section("2. ANN search: FAISS HNSW (simlib) vs exact vs hnswlib")
-    backbone = quality_backbone()
-    if backbone is None or not config.has_wallpapers:
-        section.text("Skipped: needs the offline backbone (EfficientNet-Lite0) and the shared wallpaper set.")
+    backbone = quality_backbone(config)
+    if backbone is None:
+        section.text(NEEDS_WALLPAPERS)
         return section
     real = real_vectors(config, backbone)
     spectrum = vector_spectrum(real)

@@ -142,9 +142,15 @@ def timing_backbones(config: RunConfig) -> list[Backbone]:
     return found
 
 
-def quality_backbone() -> Backbone | None:
-    """The backbone with real ImageNet weights here: EfficientNet-Lite0 (None without the offline extra)."""
-    return load_backbone("efficientnet_lite0", device="cpu") if offline_backbone_available() else None
+NEEDS_WALLPAPERS = "Skipped: needs the offline backbone (EfficientNet-Lite0) and the shared wallpaper set."
+
+
+def quality_backbone(config: RunConfig) -> Backbone | None:
+    """The backbone with real ImageNet weights here, EfficientNet-Lite0, for the benchmarks on the wallpaper set;
+    None without the offline extra or the set (those benchmarks then say `NEEDS_WALLPAPERS`)."""
+    if not (offline_backbone_available() and config.has_wallpapers):
+        return None
+    return load_backbone("efficientnet_lite0", device="cpu")
 
 
 # ------------------------------------------------------------------ the wallpaper benchmark's features

@@ -20,6 +20,7 @@ from .inputs import (
     RunConfig,
     benchmark_features,
     camera_jpegs,
+    NEEDS_WALLPAPERS,
     quality_backbone,
     spectrum_pca,
     synthetic_vectors,
@@ -35,9 +36,9 @@ TARGET_P50_MS = 50.0
 
 def run(config: RunConfig) -> Section:
     section = Section("3. Query latency end to end (12-megapixel JPEG -> top 10)")
-    backbone = quality_backbone()
-    if backbone is None or not config.has_wallpapers:
-        section.text("Skipped: needs the offline backbone (EfficientNet-Lite0) and the shared wallpaper set.")
+    backbone = quality_backbone(config)
+    if backbone is None:
+        section.text(NEEDS_WALLPAPERS)
         return section
     data = benchmark_features(config, backbone)
     pca = spectrum_pca(data)

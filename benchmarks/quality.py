@@ -13,7 +13,7 @@ from simlib.index import IndexParams
 from simlib.reduce import PCA, normalize_rows
 from simlib.threshold import choose_threshold
 
-from .inputs import BenchmarkFeatures, RunConfig, benchmark_features, quality_backbone
+from .inputs import NEEDS_WALLPAPERS, BenchmarkFeatures, RunConfig, benchmark_features, quality_backbone
 from .report import Headline, Section
 
 HNSW = IndexParams()  # simlib's recommended settings
@@ -41,9 +41,9 @@ ANCHOR_SOURCE = (
 
 def run(config: RunConfig) -> Section:
     section = Section("4. Retrieval quality on the wallpaper benchmark")
-    backbone = quality_backbone()
-    if backbone is None or not config.has_wallpapers:
-        section.text("Skipped: needs the offline backbone (EfficientNet-Lite0) and the shared wallpaper set.")
+    backbone = quality_backbone(config)
+    if backbone is None:
+        section.text(NEEDS_WALLPAPERS)
         return section
     data = benchmark_features(config, backbone)
     n, groups = len(data.images), len(data.images.groups)
