@@ -217,7 +217,7 @@ def _parse(path: Path, name: str, parse):
 
 # ------------------------------------------------------------------------------------------------ index.faiss
 # FAISS reads an index trusting every length and id in it: a forged length makes it allocate that much before
-# failing (a few changed bytes cost 16 GB), and a forged neighbour id makes a search read outside the graph.
+# failing, and a forged neighbour id makes a search read outside the graph.
 # So before FAISS sees the bytes, their structure is checked against the two layouts simlib writes
 # (faiss/impl/index_write.cpp: IndexHNSWFlat over IndexFlatL2, or IndexFlatL2 alone); anything else is refused.
 
