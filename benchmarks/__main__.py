@@ -1,4 +1,7 @@
-"""python -m benchmarks [--quick] [--only NAME ...] [--output PATH] [--cache DIR] [--no-cache]"""
+"""python -m benchmarks [--quick] [--only NAME ...] [--output PATH] [--cache DIR] [--no-cache]
+
+A full run writes benchmarks/RESULTS.md; a quick run (small sizes, a smoke test) writes build/benchmarks-quick.md,
+so it never replaces the quoted results. --output overrides either."""
 
 from __future__ import annotations
 
@@ -7,23 +10,28 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import ann, latency, quality, throughput
-from .inputs import DEFAULT_CACHE, RunConfig, SHARED
+from . import ann, filters, latency, quality, throughput
+from .inputs import DEFAULT_CACHE, ROOT, SHARED, RunConfig
 from .machine import describe, load_average
 from .report import write_results
 
-BENCHMARKS = {"throughput": throughput, "ann": ann, "latency": latency, "quality": quality}
+BENCHMARKS = {"throughput": throughput, "ann": ann, "latency": latency, "quality": quality, "filters": filters}
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"  # a full run's results, quoted by the README
+QUICK_RESULTS = ROOT / "build" / "benchmarks-quick.md"  # a quick run's: git-ignored, never quoted
 
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test of every script")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run these benchmarks only")
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    parser.add_argument("--output", type=Path, help=f"where to write the results (default: "
+                        f"{RESULTS.relative_to(ROOT)}, or {QUICK_RESULTS.relative_to(ROOT)} with --quick)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where built indexes and inputs are kept")
     parser.add_argument("--no-cache", action="store_true", help="rebuild cached indexes and features")
     parser.add_argument("--shared", type=Path, default=SHARED, help="the shared datasets folder")
     args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = QUICK_RESULTS if args.quick else RESULTS
     config = RunConfig(quick=args.quick, cache=args.cache, shared=args.shared, use_cache=not args.no_cache)
     started, load_before = time.perf_counter(), load_average()
     sections = []

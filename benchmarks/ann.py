@@ -1,7 +1,8 @@
-"""Benchmark 2: ANN search. FAISS HNSW with simlib's settings (`simlib.index`) against exact search and against
-hnswlib at the same M and efConstruction, on the real benchmark vectors and on synthetic vectors whose spectrum
-matches them: recall@10 against queries per second, one query at a time (the app's path) and batched; build
-time; bytes per vector; and where the time of one FAISS query goes.
+"""Benchmark 2: ANN search. simlib's search core (`SearchCore.search_vectors`, FAISS HNSW at simlib's settings)
+against exact search and against hnswlib at the same M and efConstruction, on the real benchmark vectors and on
+synthetic vectors whose spectrum matches them: recall@10 against queries per second, one query at a time (the
+app's path) and batched; build time; bytes per vector; and where the time of one query goes, from the search core
+down to FAISS's C++ search.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from simlib.evaluate import ann_recall_at_k
-from simlib.index import IndexParams, build_index, bytes_per_vector, exact_search, prefer_huge_pages, search_index
-from simlib.reduce import normalize_rows
+from simlib.index import IndexParams, bytes_per_vector, exact_search, prefer_huge_pages, search_index
+from simlib.search_core import SearchConfig, SearchCore
 
 from .inputs import (
     Built,
@@ -27,7 +28,7 @@ from .inputs import (
     cached_build,
     NEEDS_WALLPAPERS,
     quality_backbone,
-    spectrum_pca,
+    spectrum_core,
     synthetic_vectors,
     vector_spectrum,
 )
@@ -36,6 +37,8 @@ from .report import Headline, Section
 
 K = 10
 PARAMS = IndexParams()  # simlib's settings: M, efConstruction and default efSearch
+# a search core over vectors as they are (already reduced and normalised), indexed at simlib's settings
+VECTORS = SearchConfig(pca_dim=None, index=PARAMS)
 TARGET_RECALL = 0.99
 EF_SWEEP = [16, 32, 64, 96, 128, 192, 256, 384, 512]
 DB_SEED, QUERY_SEED = 1, 2
@@ -54,7 +57,11 @@ def run(config: RunConfig) -> Section:
     section.text(
         f"Settings: M={PARAMS.M}, efConstruction={PARAMS.ef_construction} for both libraries (simlib's defaults; "
         f"simlib searches at efSearch={PARAMS.ef_search} unless told otherwise), k={K}, recall@{K} against exact "
-        f"search (`simlib.index.exact_search`). QPS is wall-clock queries per second, median of {repeats} "
+        f"search (`simlib.index.exact_search`). simlib rows search through its search core, "
+        f"`SearchCore.search_vectors(q, {K}, threshold=-inf, ef_search=ef)` (the visual rule, as `Collection.search` "
+        f"runs it for a query with a visual match): FAISS HNSW plus the core's own work (checking the queries, "
+        f"the similarities of the results, the rule); exact rows search the same core with an exact index "
+        f"(`core.with_index(IndexParams('exact'))`). QPS is wall-clock queries per second, median of {repeats} "
         f"interleaved rounds; one-query rows call the library once per query from Python (the app's path), batched "
         f"rows pass all queries in one call using every core. hnswlib builds with every core, as FAISS does. The "
         f"speed ratio at recall@{K} = {TARGET_RECALL} interpolates each library's one-query curve (log QPS linear in "
@@ -113,9 +120,8 @@ def _builds_of_libraries() -> str:
 
 
 def real_vectors(config: RunConfig, backbone) -> np.ndarray:
-    features = benchmark_features(config, backbone)
-    pca = spectrum_pca(features)
-    return normalize_rows(pca.transform(np.vstack([features.features, features.copies])))
+    """The wallpapers and their edited copies as simlib reduces them: the vectors of `spectrum_core`."""
+    return spectrum_core(benchmark_features(config, backbone)).vectors_
 
 
 def _shares(spectrum: np.ndarray) -> str:
@@ -169,23 +175,26 @@ def _first_reaching(rows: pd.DataFrame, library: str):
 def compare(config: RunConfig, db: np.ndarray, queries: np.ndarray, efs, repeats: int, cache: bool):
     """Build both indexes (or load them), sweep efSearch; returns (sweep, builds, breakdown, verdict)."""
     faiss_built = simlib_index(config, db, cache)
+    core = SearchCore.from_state(VECTORS, None, db, index=faiss_built.index)
     hnsw_built = cached_build(
         config, f"hnswlib-{len(db)}-{_fingerprint(db)}.bin", lambda: hnswlib_index(db),
         lambda index, path: index.save_index(os.fspath(path)), lambda path: _load_hnswlib(path, *db.shape[::-1]), cache,
     )
-    exact = build_index(db, IndexParams("exact"))
+    exact = core.with_index(IndexParams("exact"))
     _, truth = exact_search(db, queries, K)
-    sweep = _sweep(faiss_built.index, hnsw_built.index, exact, queries, truth, efs, repeats)
+    sweep = _sweep(core, hnsw_built.index, exact, queries, truth, efs, repeats)
+    del exact
     builds = _builds(faiss_built, hnsw_built, len(db))
     verdict = Verdict(sweep)
     ef = int(verdict.simlib["efSearch"]) if verdict.simlib is not None else PARAMS.ef_search
-    breakdown = _breakdown(faiss_built.index, hnsw_built.index, queries[: min(len(queries), 300)], ef)
+    breakdown = _breakdown(core, hnsw_built.index, queries[: min(len(queries), 300)], ef)
     return sweep, builds, breakdown, verdict
 
 
 def simlib_index(config: RunConfig, db: np.ndarray, cache: bool) -> Built:
-    """`simlib.index.build_index(db)` at simlib's settings, timed; cached, and loaded the way simlib loads an
-    index (`index_from_bytes`: FAISS's reader, then `prefer_huge_pages`)."""
+    """The FAISS index a search core over `db` builds at simlib's settings (`SearchCore.from_state`, its
+    `index_`), timed; cached, and loaded the way simlib loads an index (`index_from_bytes`: FAISS's reader, then
+    `prefer_huge_pages`). Pass it as `index=` to `SearchCore.from_state` over the same vectors."""
 
     def load(path):
         index = faiss.read_index(os.fspath(path))
@@ -193,7 +202,8 @@ def simlib_index(config: RunConfig, db: np.ndarray, cache: bool) -> Built:
         return index
 
     return cached_build(
-        config, f"faiss-hnsw-{len(db)}-{_fingerprint(db)}.index", lambda: build_index(db, PARAMS),
+        config, f"faiss-hnsw-{len(db)}-{_fingerprint(db)}.index",
+        lambda: SearchCore.from_state(VECTORS, None, db).index_,
         lambda index, path: faiss.write_index(index, os.fspath(path)), load, cache,
     )
 
@@ -230,7 +240,7 @@ def _builds(faiss_built: Built, hnsw_built: Built, n: int) -> pd.DataFrame:
     )
 
 
-def _sweep(index, hnsw: hnswlib.Index, exact, queries, truth, efs, repeats: int) -> pd.DataFrame:
+def _sweep(core: SearchCore, hnsw: hnswlib.Index, exact: SearchCore, queries, truth, efs, repeats: int) -> pd.DataFrame:
     singles = [queries[i : i + 1] for i in range(len(queries))]
     threads = os.cpu_count() or 1
     rows = []
@@ -245,9 +255,9 @@ def _sweep(index, hnsw: hnswlib.Index, exact, queries, truth, efs, repeats: int)
 
     for ef in efs:
         runs = {
-            ("simlib (FAISS HNSW)", "one query"): lambda: _one_at_a_time(index, singles, ef),
+            ("simlib (FAISS HNSW)", "one query"): lambda: _one_at_a_time(core, singles, ef),
             ("hnswlib", "one query"): lambda: hnsw_one(ef),
-            ("simlib (FAISS HNSW)", "batched"): lambda: search_index(index, queries, K, ef)[1],
+            ("simlib (FAISS HNSW)", "batched"): lambda: _visual(core, queries, ef),
             ("hnswlib", "batched"): lambda: hnsw_batch(ef),
         }
         recalls = {name: ann_recall_at_k(run(), truth, K) for name, run in runs.items()}
@@ -258,8 +268,8 @@ def _sweep(index, hnsw: hnswlib.Index, exact, queries, truth, efs, repeats: int)
         ]
     few = singles[:100]  # brute force one query at a time is slow; 100 queries time it well enough
     exact_runs = {
-        ("exact (FAISS flat)", "one query"): lambda: np.vstack([search_index(exact, q, K)[1] for q in few]),
-        ("exact (FAISS flat)", "batched"): lambda: search_index(exact, queries, K)[1],
+        ("exact (FAISS flat)", "one query"): lambda: _one_at_a_time(exact, few, None),
+        ("exact (FAISS flat)", "batched"): lambda: _visual(exact, queries, None),
     }
     counts = dict(zip(exact_runs, (len(few), len(queries))))
     rates = interleaved_rates(exact_runs, counts, repeats)
@@ -270,15 +280,23 @@ def _sweep(index, hnsw: hnswlib.Index, exact, queries, truth, efs, repeats: int)
     return frame.sort_values(["mode", "library", "efSearch"], ignore_index=True)
 
 
-def _one_at_a_time(index, singles, ef: int) -> np.ndarray:
-    return np.vstack([search_index(index, q, K, ef)[1] for q in singles])
+def _visual(core: SearchCore, queries: np.ndarray, ef: int | None) -> np.ndarray:
+    """Ids of the k nearest by the search core's visual rule (threshold -inf: never the rating fallback)."""
+    return core.search_vectors(queries, K, threshold=-np.inf, ef_search=ef).ids
 
 
-def _breakdown(index, hnsw: hnswlib.Index, queries: np.ndarray, ef: int) -> pd.DataFrame:
-    """Per-call cost of each layer between Python and FAISS's C++ search, against hnswlib, at one efSearch.
+def _one_at_a_time(core: SearchCore, singles, ef: int | None) -> np.ndarray:
+    return np.vstack([_visual(core, q, ef) for q in singles])
+
+
+def _breakdown(core: SearchCore, hnsw: hnswlib.Index, queries: np.ndarray, ef: int) -> pd.DataFrame:
+    """Per-call cost of each layer between the search core and FAISS's C++ search, against hnswlib, at one
+    efSearch; the last row is the search core's own work per query (its time beyond `search_index` on the same
+    index).
 
     `faiss.clone_index` copies the index into fresh memory that was never advised, i.e. 4 KB pages, so the
     clone shows what `prefer_huge_pages` is worth."""
+    index = core.index_
     singles = [queries[i : i + 1] for i in range(len(queries))]
     small_pages = faiss.clone_index(index)
     params = faiss.SearchParametersHNSW(efSearch=ef)
@@ -288,12 +306,15 @@ def _breakdown(index, hnsw: hnswlib.Index, queries: np.ndarray, ef: int) -> pd.D
     def bare(q):
         index.search_c(1, faiss.swig_ptr(q), K, faiss.swig_ptr(distances), faiss.swig_ptr(ids), params)
 
+    core_call = "SearchCore.search_vectors(q, 10, threshold=-inf, ef_search=ef), 2 MB pages: the product's path"
+    index_call = "simlib.index.search_index now, 2 MB pages (prefer_huge_pages)"
     calls = {
+        core_call: lambda q: core.search_vectors(q, K, threshold=-np.inf, ef_search=ef),
         "simlib's previous path: FAISS Python search, new SearchParametersHNSW per call, 4 KB pages": lambda q: (
             small_pages.search(q, K, params=faiss.SearchParametersHNSW(efSearch=ef))
         ),
         "simlib.index.search_index now, index in 4 KB pages": lambda q: search_index(small_pages, q, K, ef),
-        "simlib.index.search_index now, 2 MB pages (prefer_huge_pages)": lambda q: search_index(index, q, K, ef),
+        index_call: lambda q: search_index(index, q, K, ef),
         "FAISS C++ search alone (search_c), 2 MB pages": bare,
         "hnswlib knn_query (its own allocation: 4 KB pages)": lambda q: hnsw.knn_query(q, K),
     }
@@ -305,5 +326,8 @@ def _breakdown(index, hnsw: hnswlib.Index, queries: np.ndarray, ef: int) -> pd.D
     finally:
         faiss.omp_set_num_threads(omp)
     timings[f"simlib.index.search_index now, FAISS held to 1 OpenMP thread (default {omp})"] = one_thread
+    timings["the search core's own work per query (its row minus search_index's, 2 MB pages)"] = (
+        timings[core_call] - timings[index_call]
+    )
     del small_pages
     return pd.DataFrame({"call": list(timings), f"us per query at efSearch={ef}": list(timings.values())})

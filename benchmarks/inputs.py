@@ -18,10 +18,13 @@ import torch
 from PIL import Image
 
 from simlib.backbones import Backbone, load_backbone
-from simlib.evaluate import LabelledImages, embed_edited_copies, load_wallpaper_groups
+from simlib.evaluate import LabelledImages, load_wallpaper_groups
 from simlib.features import extract_features
 from simlib.images import load_image
-from simlib.reduce import PCA, normalize_rows
+from simlib.index import IndexParams
+from simlib.reduce import normalize_rows
+from simlib.search_core import SearchConfig, SearchCore
+from simlib.threshold import embed_edited_copies
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -198,9 +201,12 @@ def _save_npz(tmp: Path, **arrays) -> None:
 # ------------------------------------------------------------------ the real spectrum and synthetic vectors
 
 
-def spectrum_pca(features: BenchmarkFeatures, dim: int = 128) -> PCA:
-    """PCA fitted on the originals and their edited copies: 4n real vectors, enough for 128 components."""
-    return PCA(dim).fit(np.vstack([features.features, features.copies]))
+def spectrum_core(features: BenchmarkFeatures, dim: int = 128) -> SearchCore:
+    """A search core (PCA-`dim`, exact index) fitted on the originals and their edited copies: 4n real vectors,
+    enough for 128 components. Its `vectors_` are those 4n vectors as simlib reduces them (the originals first),
+    its `pca_` the PCA that reduces the benchmarks' real queries."""
+    config = SearchConfig(pca_dim=dim, index=IndexParams("exact"))
+    return SearchCore(config).fit(np.vstack([features.features, features.copies]))
 
 
 def vector_spectrum(vectors: np.ndarray) -> np.ndarray:

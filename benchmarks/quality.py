@@ -10,7 +10,8 @@ import pandas as pd
 
 from simlib.evaluate import error_rates, evaluate_configuration, match_scores, roc_auc
 from simlib.index import IndexParams
-from simlib.reduce import PCA, normalize_rows
+from simlib.reduce import PCA
+from simlib.search_core import SearchConfig, SearchCore
 from simlib.threshold import choose_threshold
 
 from .inputs import NEEDS_WALLPAPERS, BenchmarkFeatures, RunConfig, benchmark_features, quality_backbone
@@ -96,14 +97,15 @@ def configurations(data: BenchmarkFeatures) -> pd.DataFrame:
     features, labels = data.features, data.images.labels
     widened = np.vstack([data.features, data.copies])
     rows = [
-        _row(features, labels, "-", pca_dim=None, index=EXACT),
-        _row(features, labels, "-", pca_dim=None, index=HNSW),
+        _row(features, labels, "-", SearchConfig(pca_dim=None, index=EXACT)),
+        _row(features, labels, "-", SearchConfig(pca_dim=None, index=HNSW)),
     ]
     for whiten in (False, True):
         wide = PCA(128, whiten=whiten).fit(widened)
         for index in (EXACT, HNSW):
-            rows.append(_row(features, labels, "benchmark images", pca_dim=128, whiten=whiten, index=index))
-            rows.append(_row(features, labels, "images + edited copies", fitted_pca=wide, index=index))
+            config = SearchConfig(pca_dim=128, whiten=whiten, index=index)
+            rows.append(_row(features, labels, "benchmark images", config))
+            rows.append(_row(features, labels, "images + edited copies", config, pca=wide))
     table = pd.concat(rows, ignore_index=True)
     reference = table["mAP"].iloc[0]
     table["mAP vs raw exact (points)"] = 100 * (table["mAP"] - reference)
@@ -112,18 +114,20 @@ def configurations(data: BenchmarkFeatures) -> pd.DataFrame:
     return table[columns]
 
 
-def _row(features, labels, fitted_on: str, **options) -> pd.DataFrame:
-    row = evaluate_configuration(features, labels, **options)
+def _row(features, labels, fitted_on: str, config: SearchConfig, pca: PCA | None = None) -> pd.DataFrame:
+    """One configuration scored by `evaluate_configuration`, which searches through a `SearchCore` as a collection
+    does; `pca`, fitted elsewhere, replaces the core's own fit."""
+    row = evaluate_configuration(features, labels, config=config, pca=pca)
     row.insert(1, "fitted on", fitted_on)
     return row
 
 
 def decision_quality(data: BenchmarkFeatures) -> pd.DataFrame:
-    pca = PCA(128).fit(data.features)
-    originals = normalize_rows(pca.transform(data.features))
-    copies = normalize_rows(pca.transform(data.copies))
+    """Match and non-match scores in the space of a search core fitted on the benchmark images (PCA-128, as a
+    collection fits its own images): the originals are its `vectors_`, the copies reduced by its `transform`."""
+    core = SearchCore(SearchConfig(pca_dim=128, index=EXACT)).fit(data.features)
     copy_labels = data.images.labels[data.copy_of]
-    match, nonmatch = match_scores(copies, copy_labels, originals, data.images.labels)
+    match, nonmatch = match_scores(core.transform(data.copies), copy_labels, core.vectors_, data.images.labels)
     half = copy_labels % 2 == 0
     rows = []
     for name, fit, test in (("even groups -> odd", half, ~half), ("odd groups -> even", ~half, half)):
@@ -139,10 +143,11 @@ def decision_quality(data: BenchmarkFeatures) -> pd.DataFrame:
     return frame
 
 
-def decision_threshold(data: BenchmarkFeatures, pca: PCA) -> float:
-    """The match threshold `choose_threshold` picks from all the edited copies, in the space of `pca`."""
+def decision_threshold(data: BenchmarkFeatures, core: SearchCore) -> float:
+    """The match threshold `choose_threshold` picks from all the edited copies, in the space of `core` (copies and
+    originals reduced by its `transform`)."""
     match, nonmatch = match_scores(
-        normalize_rows(pca.transform(data.copies)), data.images.labels[data.copy_of],
-        normalize_rows(pca.transform(data.features)), data.images.labels,
+        core.transform(data.copies), data.images.labels[data.copy_of],
+        core.transform(data.features), data.images.labels,
     )
     return choose_threshold(match, nonmatch).threshold

@@ -21,7 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .index import index_from_bytes, index_to_bytes
+from .index import MAX_EF, index_from_bytes, index_to_bytes
 
 FORMAT = "simlib-collection"
 FORMAT_VERSION = 1
@@ -224,7 +224,7 @@ def _parse(path: Path, name: str, parse):
 _HNSW_FLAT, _FLAT_L2 = b"IHNf", b"IxF2"
 _METRIC_L2 = 1
 _MAX_LEVELS = 64
-MAX_EF = 1 << 20
+
 
 
 class _IndexReader:

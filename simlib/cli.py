@@ -6,15 +6,17 @@ import argparse
 import json
 import os
 import sys
-from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 from . import archive
 from .backbones import AUTO, BACKBONES, WeightsMismatchError, WeightsUnavailableError, load_backbone
-from .collection import Collection, CollectionConfig, CollectionError, SearchResponse
+from .collection import Collection, CollectionError, SearchResponse
 from .images import ImageDecodeError
 from .index import IndexParams
+from .manifest import read_manifest
 from .ratings import format_stars
+from .search_core import SearchConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     search.add_argument("--threshold", type=float, help="match threshold (default: the collection's)")
     search.add_argument("--min-rating", type=float, help="only images rated at least this")
+    search.add_argument("--under", type=Path, metavar="FOLDER", help="only images in this folder or below it")
     search.add_argument("--query-rating", type=float, help="use this rating for the query instead of its metadata")
     search.add_argument("--ef-search", type=int, help="HNSW search beam (default: the collection's)")
     search.add_argument("--weights", type=Path, metavar="FILE", help="local weights file for the backbone")
@@ -87,7 +90,7 @@ def _index(args: argparse.Namespace) -> int:
                                 batch_size=args.batch_size, num_workers=args.workers)
         verb = "Added"
     else:
-        config = CollectionConfig(
+        config = SearchConfig(
             pca_dim=args.pca_dim,
             whiten=args.whiten,
             index=IndexParams("exact" if args.exact else "hnsw", args.M, args.ef_construction, args.ef_search),
@@ -106,10 +109,11 @@ def _index(args: argparse.Namespace) -> int:
             print(f"  {_show(error.path)}: {error.reason}")
     if report.already_present:
         print(f"{report.already_present} file(s) already in the collection were left as they were.")
-    pca = collection.pca_
+    pca = collection.core.pca_
+    reduced = "raw features" if pca is None else f"PCA {pca.n_components_}-d{' whitened' if pca.whiten else ''}"
     print(f"{verb} {report.added} image(s); the collection holds {len(collection)} "
-          f"({collection.backbone.name} {collection.backbone.dim}-d -> PCA {pca.n_components_}-d"
-          f"{' whitened' if pca.whiten else ''}, {_describe_index(collection.config.index)}).")
+          f"({collection.backbone.name} {collection.backbone.dim}-d -> {reduced}, "
+          f"{_describe_index(collection.config.index)}).")
     print(f"Match threshold {collection.threshold:.3f} ({_threshold_origin(collection)}).")
     collection.save(args.output)
     print(f"Saved {_show(args.output)}")
@@ -120,7 +124,7 @@ def _search(args: argparse.Namespace) -> int:
     collection = Collection.load(args.collection, weights=args.weights)
     response = collection.search(
         args.query, k=args.k, threshold=args.threshold, min_rating=args.min_rating,
-        query_rating=args.query_rating, ef_search=args.ef_search,
+        query_rating=args.query_rating, ef_search=args.ef_search, under=args.under,
     )
     if args.json:
         print(json.dumps(response.to_dict(), indent=2))
@@ -144,37 +148,38 @@ def _print_response(response: SearchResponse) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    manifest, arrays, index = archive.read_collection(args.collection)
-    images = manifest["images"]
-    ratings = Counter("unrated" if i["rating"] is None else format_stars(i["rating"]) for i in images)
+    manifest = read_manifest(args.collection)
+    config = manifest.config
     summary = {
         "file": str(args.collection),
-        "images": len(images),
-        "skipped_files": len(manifest["errors"]),
-        "backbone": manifest["backbone"],
-        "pca": {**manifest["pca"], "whiten": manifest["config"]["whiten"],
-                "explained_variance": float(arrays["pca_explained_variance_ratio"].sum())},
-        "index": {**manifest["config"]["index"], "vectors": index.ntotal},
-        "rating_weight": manifest["config"]["rating_weight"],
-        "threshold": manifest["config"]["threshold"] or manifest["calibration"]["threshold"],
-        "calibration": manifest["calibration"],
-        "ratings": dict(sorted(ratings.items())),
-        "rating_conflicts": sum(i["rating_conflict"] for i in images),
-        "created": manifest["created"],
-        "library_versions": manifest["library_versions"],
-        "notes": manifest["notes"],
+        "images": len(manifest.images),
+        "skipped_files": len(manifest.errors),
+        "backbone": asdict(manifest.backbone),
+        "pca": None if manifest.pca is None else {**asdict(manifest.pca), "whiten": config.whiten},
+        "index": config.index.to_dict(),
+        "rating_weight": config.rating_weight,
+        "threshold": config.threshold if config.threshold is not None else manifest.calibration.threshold,
+        "calibration": manifest.calibration.to_dict(),
+        "ratings": manifest.rating_counts(),
+        "rating_conflicts": sum(record.rating.conflict for record in manifest.images),
+        "created": manifest.created,
+        "library_versions": manifest.library_versions,
+        "notes": manifest.notes,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{summary['file']}: {summary['images']} images, {summary['skipped_files']} skipped, created {summary['created']}")
-    backbone = summary["backbone"]
-    print(f"backbone   {backbone['name']} ({backbone['dim']}-d), weights {backbone['weights_file']} "
-          f"sha256 {backbone['weights_sha256'][:16]}...")
-    pca = summary["pca"]
-    print(f"PCA        {pca['n_components']} dims{' whitened' if pca['whiten'] else ''}, fitted on {pca['fitted_on']} "
-          f"images, keeps {pca['explained_variance']:.1%} of the variance")
-    print(f"index      {_describe_index(IndexParams(**manifest['config']['index']))}, {index.ntotal} vectors")
+    backbone = manifest.backbone
+    print(f"backbone   {backbone.name} ({backbone.dim}-d), weights {backbone.weights_file} "
+          f"sha256 {backbone.weights_sha256[:16]}...")
+    pca = manifest.pca
+    if pca is None:
+        print("PCA        none: the raw features are searched")
+    else:
+        print(f"PCA        {pca.n_components} dims{' whitened' if config.whiten else ''}, fitted on {pca.fitted_on} "
+              f"images, keeps {pca.explained_variance:.1%} of the variance")
+    print(f"index      {_describe_index(config.index)}, {len(manifest.images)} vectors")
     print(f"threshold  {summary['threshold']:.3f}; rating weight {summary['rating_weight']}")
     print("ratings    " + ", ".join(f"{k}: {v}" for k, v in summary["ratings"].items())
           + f"; {summary['rating_conflicts']} with conflicting sources")
@@ -194,7 +199,7 @@ def _describe_index(params: IndexParams) -> str:
 def _threshold_origin(collection: Collection) -> str:
     if collection.config.threshold is not None:
         return "given"
-    c = collection.calibration_
+    c = collection.core.calibration_
     return (f"calibrated on {c.n_match} edited copies: median match {c.match_median:.3f}, "
             f"median nearest non-match {c.nonmatch_median:.3f}")
 

@@ -1,66 +1,36 @@
 """The task-level object: build a collection of images, add to it, search it with rating fallback, save and load.
 
-Data flows one way: files -> features (backbone) -> PCA vectors -> HNSW index -> ranked results, with star ratings
-read beside it. Learned state (PCA, index, threshold) ends in `_`.
+Data flows one way: files -> features (backbone) -> the search core (PCA vectors, ratings, HNSW index, threshold)
+-> ranked results, with star ratings read beside it. The collection holds what is about files (records, skipped
+files, the backbone); everything about vectors is `simlib.search_core`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Sequence
 
-import faiss
 import numpy as np
 from PIL import Image
 
 from . import archive
+from .archive import CollectionFileError
 from .backbones import Backbone, load_backbone
 from .features import Progress, embed_query, extract_features
 from .files import find_images
-from .images import FileError, ImageSource, load_image, source_name, to_rgb
-from .index import IndexParams, add_vectors, build_index, search_index, with_rating
+from .images import FileError, ImageSource, source_name, to_rgb
+from .manifest import BackboneRecord, ImageRecord, Manifest, PCARecord
 from .ratings import REJECTED, Rating, RatingValue, format_stars, read_rating
-from .reduce import PCA, normalize_rows
-from .threshold import Calibration, choose_threshold, edited_copy
+from .search_core import Hits, SearchConfig, SearchCore
+from .threshold import calibrate, calibration_sample, embed_edited_copies
 
 Reason = Literal["visual", "rating-fallback"]
-CALIBRATION_SAMPLE = 60  # edited copies made to calibrate the match threshold (20 of each edit)
 
 
 class CollectionError(ValueError):
     """A collection that cannot be built, searched, saved or loaded as asked; the message says why."""
-
-
-@dataclass(frozen=True)
-class CollectionConfig:
-    """Everything that shapes a collection besides the backbone."""
-
-    pca_dim: int = 128
-    whiten: bool = False
-    index: IndexParams = IndexParams()
-    rating_weight: float = 0.0  # weight of the appended rating coordinate; 0 = pure visual search
-    threshold: float | None = None  # match threshold; None = calibrated from the collection
-
-    def __post_init__(self) -> None:
-        if self.pca_dim < 1:
-            raise ValueError(f"pca_dim must be >= 1, got {self.pca_dim}")
-        if self.rating_weight < 0:
-            raise ValueError(f"rating_weight must be >= 0, got {self.rating_weight}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "CollectionConfig":
-        return cls(**{**data, "index": IndexParams(**data["index"])})
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    path: str
-    rating: Rating
 
 
 @dataclass(frozen=True)
@@ -107,20 +77,42 @@ class AddReport:
 
 
 class Collection:
-    """Images indexed for similar-image search with rating fallback.
+    """Images indexed for similar-image search with rating fallback: image records, a backbone, and the search core
+    (`simlib.search_core.SearchCore`) built from their features.
 
     >>> collection = Collection.build("photos/")             # doctest: +SKIP
     >>> collection.search("query.jpg", k=5).results          # doctest: +SKIP
     """
 
-    def __init__(self, backbone: Backbone, config: CollectionConfig = CollectionConfig()):
+    def __init__(
+        self,
+        backbone: Backbone,
+        config: SearchConfig = SearchConfig(),
+        *,
+        images: Sequence[ImageRecord] = (),
+        features: np.ndarray | None = None,
+        core: SearchCore | None = None,
+        errors: Sequence[FileError] = (),
+        notes: Sequence[str] | None = None,
+    ):
+        """An empty collection to `add` to, or one assembled from records and a core built elsewhere (then
+        `features`, the backbone features of the records, may be None: such a collection searches, but cannot be
+        refitted or saved)."""
         self.backbone = backbone
-        self.config = config
-        self.images: list[ImageRecord] = []
-        self.features = np.empty((0, backbone.dim), dtype=np.float32)
-        self.vectors = np.empty((0, 0), dtype=np.float32)
-        self.errors: list[FileError] = []
-        self.notes: list[str] = [backbone.notice] if backbone.notice else []
+        self.images: list[ImageRecord] = list(images)
+        self.core = core
+        self.config = core.config if core is not None else config
+        if features is None and core is None:
+            features = np.empty((0, backbone.dim), dtype=np.float32)
+        self.features = features
+        self.errors: list[FileError] = list(errors)
+        self.notes: list[str] = list(notes) if notes is not None else ([backbone.notice] if backbone.notice else [])
+        if core is not None and len(core) != len(self.images):
+            raise CollectionError(f"{len(self.images)} image records for a search core of {len(core)} vectors")
+        if features is not None and features.shape != (len(self.images), backbone.dim):
+            raise CollectionError(f"features of shape {features.shape} for {len(self.images)} images of a "
+                                  f"{backbone.dim}-d backbone")
+        self._forget()
 
     # ---------------------------------------------------------------- building
 
@@ -129,7 +121,7 @@ class Collection:
         cls,
         source: str | os.PathLike | Sequence[str | os.PathLike],
         backbone: Backbone | str = "auto",
-        config: CollectionConfig = CollectionConfig(),
+        config: SearchConfig = SearchConfig(),
         *,
         weights: str | os.PathLike | None = None,
         progress: Progress = True,
@@ -154,6 +146,8 @@ class Collection:
     ) -> AddReport:
         """Index more images. Without `refit` the fitted PCA and threshold are kept; with it both are learned
         again from every image, and the index is rebuilt. Files already in the collection are not added twice."""
+        if self.features is None and (refit or self.core is None):
+            raise CollectionError("this collection holds no backbone features, so it cannot be refitted")
         paths, walk_errors = _resolve_sources(source)
         known = {record.path for record in self.images}
         fresh = [p for p in paths if p not in known]
@@ -166,18 +160,19 @@ class Collection:
         if not records and not refit:
             return report
         self.images.extend(records)
-        self.features = np.concatenate([self.features, result.features]) if len(self.features) else result.features
-        if refit or not hasattr(self, "pca_"):
+        if self.features is not None:
+            self.features = np.concatenate([self.features, result.features]) if len(self.features) else result.features
+        if refit or self.core is None:
             report.notes.extend(self._fit())
         else:
-            new_vectors = normalize_rows(self.pca_.transform(result.features))
-            self.vectors = np.concatenate([self.vectors, new_vectors])
-            add_vectors(self.index_, self._index_vectors(new_vectors, self._stars(records)))
-            if self.pca_.n_samples_ * 2 < len(self.images):
+            self.core.add(result.features, _stars(records))
+            pca = self.core.pca_
+            if pca is not None and pca.n_samples_ * 2 < len(self.images):
                 report.notes.append(
-                    f"PCA was fitted on {self.pca_.n_samples_} images and the collection now holds "
+                    f"PCA was fitted on {pca.n_samples_} images and the collection now holds "
                     f"{len(self.images)}; add with refit=True (CLI: --refit) to learn it again from all of them."
                 )
+        self._forget()
         self.notes.extend(n for n in report.notes if n not in self.notes)
         return report
 
@@ -186,59 +181,41 @@ class Collection:
         if n < 2:
             skipped = f" ({len(self.errors)} files skipped)" if self.errors else ""
             raise CollectionError(f"a collection needs at least 2 readable images to fit PCA, got {n}{skipped}")
-        self.pca_ = PCA(self.config.pca_dim, whiten=self.config.whiten).fit(self.features)
-        self.vectors = normalize_rows(self.pca_.transform(self.features))
-        self.index_ = build_index(self._index_vectors(self.vectors, self._stars()), self.config.index)
-        notes = []
-        if self.pca_.n_components_ < self.config.pca_dim:
-            notes.append(
-                f"PCA keeps {self.pca_.n_components_} dimensions instead of {self.config.pca_dim}: "
-                f"{n} images support at most {n - 1}."
-            )
-        self.calibration_ = self._calibrate()
-        return notes
-
-    def _calibrate(self) -> Calibration:
-        """Match vs non-match similarities of edited copies of a seeded sample (see `simlib.threshold`)."""
-        rng = np.random.default_rng(0)
-        n = len(self.images)
-        sample = np.sort(rng.choice(n, size=min(n, CALIBRATION_SAMPLE), replace=False))
-        ids, copies = [], []
-        for variant, i in enumerate(sample):
-            try:
-                original = load_image(self.images[i].path, min_side=2 * self.backbone.spec.input_size)
-            except Exception:
-                continue  # moved or changed since it was indexed; the rest of the sample still calibrates
-            ids.append(i)
-            copies.append(edited_copy(original, variant))
-        if not ids:
+        core = SearchCore(self.config).fit(self.features, _stars(self.images))
+        sample = calibration_sample(n)
+        copies, origin = embed_edited_copies(
+            self.backbone, [self.images[i].path for i in sample], variants=list(range(len(sample)))
+        )
+        if not len(origin):
             raise CollectionError("cannot calibrate the match threshold: no indexed image could be read again")
-        queries = normalize_rows(self.pca_.transform(self.backbone.embed_images(copies)))
-        ids = np.array(ids)
-        match = np.einsum("ij,ij->i", queries, self.vectors[ids])
-        return choose_threshold(match, _nearest_other(queries, self.vectors, ids))
+        self.core = core.set_calibration(calibrate(core, copies, sample[origin]))
+        kept = core.pca_.n_components_ if core.pca_ is not None else None
+        if kept is not None and kept < self.config.pca_dim:
+            return [f"PCA keeps {kept} dimensions instead of {self.config.pca_dim}: {n} images support at most "
+                    f"{n - 1}."]
+        return []
 
     def copy(self, *, rating_weight: float | None = None) -> "Collection":
-        """An independent collection: adding to the copy leaves this one unchanged. Arrays, PCA and calibration
-        are shared (nothing changes them in place) and the index is cloned; with `rating_weight` the index is
-        instead rebuilt from the stored PCA vectors with that weight, without extracting any features again."""
-        if not hasattr(self, "pca_"):
-            raise CollectionError("nothing to copy: the collection has not been built")
-        config = self.config if rating_weight is None else replace(self.config, rating_weight=float(rating_weight))
-        twin = Collection(self.backbone, config)
-        twin.images, twin.errors, twin.notes = list(self.images), list(self.errors), list(self.notes)
-        twin.features, twin.vectors = self.features, self.vectors
-        twin.pca_, twin.calibration_ = self.pca_, self.calibration_
-        if config.rating_weight == self.config.rating_weight:
-            twin.index_ = faiss.clone_index(self.index_)
-        else:
-            twin.index_ = build_index(twin._index_vectors(self.vectors, self._stars()), config.index)
-        return twin
+        """An independent collection: adding to the copy leaves this one unchanged. Features and records are
+        shared (nothing changes them in place); with `rating_weight` only the index is rebuilt, from the stored
+        PCA vectors, without extracting any features again."""
+        core = self._built()
+        twin_core = core.copy() if rating_weight is None else core.with_rating_weight(rating_weight)
+        return Collection(self.backbone, images=self.images, features=self.features, core=twin_core,
+                          errors=self.errors, notes=self.notes)
 
     @property
     def threshold(self) -> float:
         """The match threshold in use: the configured one, else the calibrated one."""
-        return self.config.threshold if self.config.threshold is not None else self.calibration_.threshold
+        return self._built().threshold
+
+    def _built(self) -> SearchCore:
+        if self.core is None:
+            raise CollectionError("the collection has not been built: add images first")
+        return self.core
+
+    def _forget(self) -> None:
+        self._folders: dict = {}  # folder list and folder filter masks, valid until images are added
 
     # ---------------------------------------------------------------- searching
 
@@ -249,6 +226,8 @@ class Collection:
         *,
         threshold: float | None = None,
         min_rating: float | None = None,
+        under: str | os.PathLike | None = None,
+        exclude: Sequence[int] = (),
         query_rating: float | None = None,
         ef_search: int | None = None,
         name: str | None = None,
@@ -257,10 +236,11 @@ class Collection:
         images whose rating is closest to the query's (ties broken by similarity).
 
         The query's rating is `query_rating` if given, else read from its metadata (and sidecars, for a path).
-        Rejected images (-1) are fallback candidates only for a rejected query. `min_rating` filters both rules.
+        Rejected images (-1) are fallback candidates only for a rejected query. `min_rating` (images rated at least
+        that), `under` (images in that folder or below it) and `exclude` (ids left out, e.g. the query's own)
+        filter both rules.
         """
-        if not self.images:
-            raise CollectionError("the collection is empty")
+        core = self._built()
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if name is not None:
@@ -270,169 +250,138 @@ class Collection:
         else:
             label = source_name(query)
         rating = _query_rating(query, query_rating)
-        q = self._query_vector(query, label)
-        threshold = self.threshold if threshold is None else float(threshold)
-        allowed = self._allowed(min_rating)
-        ids = self._visual_candidates(q, rating.stars, k, allowed, ef_search)
-        similarities = self.vectors[ids] @ q if len(ids) else np.empty(0, dtype=np.float32)
-        best = float(similarities.max()) if len(ids) else float("-inf")
-        if best >= threshold:
-            results = self._results(ids, similarities, "visual")
+        features = self._query_features(query, label)
+        threshold = core.threshold if threshold is None else float(threshold)
+        hits = core.search(
+            features[None], k, threshold=threshold, ef_search=ef_search, min_rating=min_rating,
+            allowed=self._allowed(under, exclude), query_stars=np.nan if rating.stars is None else rating.stars,
+        )
+        return self._response(label, rating, threshold, hits)
+
+    def _response(self, label: str, rating: Rating, threshold: float, hits: Hits) -> SearchResponse:
+        ids, similarities = hits.found(0)
+        best, fallback = float(hits.best[0]), bool(hits.fallback[0])
+        if not fallback:
             message = f"Best visual similarity {best:.3f} reaches the match threshold {threshold:.3f}."
-            return SearchResponse(label, rating, best, threshold, False, message, results)
-        ids, message = self._rating_candidates(q, rating, k, allowed)
-        best_text = f"{best:.3f}" if np.isfinite(best) else "none"
-        message = f"Best visual similarity {best_text} is below the match threshold {threshold:.3f}; {message}"
-        results = self._results(ids, self.vectors[ids] @ q, "rating-fallback")
-        return SearchResponse(label, rating, best, threshold, True, message, results)
-
-    def _query_vector(self, query: ImageSource | Image.Image, label: str) -> np.ndarray:
-        if isinstance(query, Image.Image):
-            features = self.backbone.embed_images([to_rgb(query)])[0]
+            reason: Reason = "visual"
         else:
-            features = embed_query(self.backbone, query, name=label)
-        return normalize_rows(self.pca_.transform(features[None]))[0]
-
-    def _allowed(self, min_rating: float | None) -> np.ndarray | None:
-        if min_rating is None:
-            return None
-        with np.errstate(invalid="ignore"):
-            return self._stars() >= float(min_rating)
-
-    def _visual_candidates(
-        self, q: np.ndarray, stars: float | None, k: int, allowed: np.ndarray | None, ef_search: int | None
-    ) -> np.ndarray:
-        """Ids nearest to q in index order, filtered by `allowed`; asks the index for more until k pass."""
-        n = len(self.images)
-        wanted = min(k, n if allowed is None else int(allowed.sum()))
-        if wanted == 0:
-            return np.empty(0, dtype=np.int64)
-        query = self._index_vectors(q[None], np.array([np.nan if stars is None else stars]))
-        fetch = wanted if allowed is None else min(n, 4 * wanted)
-        while True:
-            _, ids = search_index(self.index_, query, fetch, ef_search or self.config.index.ef_search)
-            ids = ids[0][ids[0] >= 0]
-            if allowed is not None:
-                ids = ids[allowed[ids]]
-            if len(ids) >= wanted or fetch >= n:
-                return ids[:wanted].astype(np.int64)
-            fetch = min(n, fetch * 4)
-
-    def _rating_candidates(self, q: np.ndarray, rating: Rating, k: int, allowed: np.ndarray | None):
-        stars = self._stars()
-        usable = ~np.isnan(stars)
-        if not rating.rejected:
-            usable &= stars != REJECTED
-        if allowed is not None:
-            usable &= allowed
-        ids = np.flatnonzero(usable)
-        similarity = self.vectors[ids] @ q
-        if rating.stars is None:
-            order = np.lexsort((-similarity, -stars[ids]))
-            message = "the query has no rating, so these are the highest-rated images."
-        else:
-            order = np.lexsort((-similarity, np.abs(stars[ids] - rating.stars)))
-            stated = "rejected (-1) rating" if rating.rejected else f"{format_stars(rating.stars)}-star rating"
-            message = f"these are the images rated closest to the query's {stated}."
-        if not len(ids):
-            message = "and no image has a usable rating to fall back on."
-        return ids[order[:k]], message
-
-    def _results(self, ids: np.ndarray, similarities: np.ndarray, reason: Reason) -> list[SearchResult]:
-        stars = self._stars([self.images[i] for i in ids])  # the results' only: all of them costs O(collection)
-        return [
-            SearchResult(rank, int(i), self.images[i].path, float(s), None if np.isnan(r) else float(r), reason)
-            for rank, (i, s, r) in enumerate(zip(ids, similarities, stars), start=1)
+            best_text = f"{best:.3f}" if np.isfinite(best) else "none"
+            if not len(ids):
+                why = "and no image has a usable rating to fall back on."
+            elif rating.stars is None:
+                why = "the query has no rating, so these are the highest-rated images."
+            else:
+                stated = "rejected (-1) rating" if rating.rejected else f"{format_stars(rating.stars)}-star rating"
+                why = f"these are the images rated closest to the query's {stated}."
+            message = f"Best visual similarity {best_text} is below the match threshold {threshold:.3f}; {why}"
+            reason = "rating-fallback"
+        results = [
+            SearchResult(rank, int(i), self.images[i].path, float(s), self.images[i].rating.stars, reason)
+            for rank, (i, s) in enumerate(zip(ids, similarities), start=1)
         ]
+        return SearchResponse(label, rating, best, threshold, fallback, message, results)
 
-    # ---------------------------------------------------------------- ratings in the vector
+    def _query_features(self, query: ImageSource | Image.Image, label: str) -> np.ndarray:
+        if isinstance(query, Image.Image):
+            return self.backbone.embed_images([to_rgb(query)])[0]
+        return embed_query(self.backbone, query, name=label)
 
-    def _stars(self, records: Sequence[ImageRecord] | None = None) -> np.ndarray:
-        records = self.images if records is None else records
-        return np.array([np.nan if r.rating.stars is None else r.rating.stars for r in records], dtype=np.float64)
+    def _allowed(self, under, exclude: Sequence[int]):
+        """What `under` and `exclude` allow: None (everything), a cached selection of a folder, or a mask."""
+        if under is None and not len(exclude):
+            return None
+        if not len(exclude):
+            key = ("selection", os.path.join(os.path.abspath(under), ""))
+            if key not in self._folders:
+                self._folders[key] = self._built().selection(self.folder_mask(under))
+            return self._folders[key]
+        allowed = np.ones(len(self), dtype=bool) if under is None else self.folder_mask(under).copy()
+        allowed[np.asarray(exclude, dtype=np.int64)] = False
+        return allowed
 
-    def _index_vectors(self, vectors: np.ndarray, stars: np.ndarray) -> np.ndarray:
-        return with_rating(vectors, stars, self.config.rating_weight)
+    def folders(self) -> list[str]:
+        """The folders that hold the collection's images, sorted."""
+        if "folders" not in self._folders:
+            self._folders["folders"] = sorted({os.path.dirname(r.path) for r in self.images})
+        return self._folders["folders"]
+
+    def folder_mask(self, folder: str | os.PathLike) -> np.ndarray:
+        """(n,) bool: the images whose file lies in `folder` or below it."""
+        prefix = os.path.join(os.path.abspath(folder), "")
+        if prefix not in self._folders:
+            self._folders[prefix] = np.fromiter((r.path.startswith(prefix) for r in self.images), bool,
+                                                len(self.images))
+        return self._folders[prefix]
 
     # ---------------------------------------------------------------- persistence
 
+    def manifest(self) -> Manifest:
+        """What the collection file records beside the arrays and the index."""
+        core = self._built()
+        pca = core.pca_
+        return Manifest(
+            backbone=BackboneRecord(self.backbone.name, self.backbone.dim, self.backbone.weights_sha256,
+                                    os.path.basename(self.backbone.weights_path)),
+            config=core.config,
+            pca=None if pca is None else PCARecord(pca.n_components_, pca.n_samples_,
+                                                   float(pca.explained_variance_ratio_.sum())),
+            calibration=core.calibration_,
+            images=self.images,
+            errors=self.errors,
+            notes=self.notes,
+        )
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the collection to `path` atomically: a crash mid-save leaves the previous file intact."""
-        if not hasattr(self, "pca_"):
-            raise CollectionError("nothing to save: the collection has not been built")
-        return archive.write_collection(Path(path), self._manifest(), self._arrays(), self.index_)
-
-    def _manifest(self) -> dict:
-        return {
-            "backbone": {
-                "name": self.backbone.name,
-                "dim": self.backbone.dim,
-                "weights_sha256": self.backbone.weights_sha256,
-                "weights_file": os.path.basename(self.backbone.weights_path),
-            },
-            "config": self.config.to_dict(),
-            "pca": {"n_components": self.pca_.n_components_, "fitted_on": self.pca_.n_samples_},
-            "calibration": self.calibration_.to_dict(),
-            "images": [_record_to_dict(r) for r in self.images],
-            "errors": [asdict(e) for e in self.errors],
-            "notes": self.notes,
-        }
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        arrays = {"features": self.features, "vectors": self.vectors}
-        arrays.update({f"pca_{k}": v for k, v in self.pca_.to_arrays().items()})
-        return arrays
+        core = self._built()
+        if self.features is None:
+            raise CollectionError("this collection holds no backbone features, so it cannot be saved")
+        arrays = {"features": self.features, **core.to_arrays()}
+        return archive.write_collection(Path(path), self.manifest().to_dict(), arrays, core.index_)
 
     @classmethod
     def load(
         cls, path: str | os.PathLike, backbone: Backbone | None = None, *, weights: str | os.PathLike | None = None
     ) -> "Collection":
         """Read a saved collection; its backbone is loaded (or `backbone` checked) against the recorded weights."""
-        manifest, arrays, index = archive.read_collection(Path(path))
-        recorded = manifest.get("backbone")
-        if not isinstance(recorded, dict) or not all(isinstance(recorded.get(k), str) for k in ("name", "weights_sha256")):
-            raise CollectionError(f"{path}: malformed manifest: the backbone name and weights checksum are missing")
+        raw, arrays, index = archive.read_collection(Path(path))
+        manifest = Manifest.from_dict(raw, path)
+        recorded = manifest.backbone
         if backbone is None:
-            backbone = load_backbone(recorded["name"], weights)
-        if backbone.name != recorded["name"] or backbone.weights_sha256 != recorded["weights_sha256"]:
+            backbone = load_backbone(recorded.name, weights)
+        if backbone.name != recorded.name or backbone.weights_sha256 != recorded.weights_sha256:
             raise CollectionError(
-                f"{path}: built with {recorded['name']} weights sha256 {recorded['weights_sha256'][:12]}..., "
+                f"{path}: built with {recorded.name} weights sha256 {recorded.weights_sha256[:12]}..., "
                 f"but the backbone given is {backbone.name} with weights sha256 {backbone.weights_sha256[:12]}... "
                 f"({backbone.weights_path}); pass the original weights file"
             )
-        try:  # the manifest is JSON from anywhere: any field may be missing or of the wrong type
-            collection = cls(replace(backbone, notice=None), CollectionConfig.from_dict(manifest["config"]))
-            index_params = collection.config.index
-            if not (index_params.M <= 4096 and max(index_params.ef_search, index_params.ef_construction) <= archive.MAX_EF):
-                raise ValueError(f"HNSW settings {index_params} are beyond any real use")  # memory grows with them
-            collection.images = [_record_from_dict(d) for d in manifest["images"]]
-            collection.errors = [FileError(**e) for e in manifest["errors"]]
-            collection.notes = [str(note) for note in manifest["notes"]]
-            collection.features = arrays["features"]
-            collection.vectors = arrays["vectors"]
-            collection.pca_ = PCA.from_arrays({k[4:]: v for k, v in arrays.items() if k.startswith("pca_")})
-            collection.index_ = index
-            collection.calibration_ = Calibration(**manifest["calibration"])
-            float(collection.threshold), collection._stars()  # numbers, or ValueError here rather than in search
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            raise CollectionError(f"{path}: malformed manifest or arrays ({type(exc).__name__}: {exc})") from None
-        collection._check_consistent(path)
-        return collection
-
-    def _check_consistent(self, path) -> None:
-        n = len(self.images)
-        shapes = (self.features.shape, self.vectors.shape, self.index_.ntotal)
-        if shapes != ((n, self.backbone.dim), (n, self.pca_.n_components_), n):
-            raise CollectionError(f"{path}: inconsistent collection: {n} images but arrays/index of {shapes}")
-        if self.features.dtype != np.float32 or self.vectors.dtype != np.float32:
-            raise CollectionError(f"{path}: inconsistent collection: features and vectors must be float32")
+        try:
+            core = SearchCore.from_arrays(manifest.config, arrays, index, manifest.calibration)
+            features = arrays["features"]
+            if features.dtype != np.float32:
+                raise ValueError(f"features must be float32, got {features.dtype}")
+            collection = cls(replace(backbone, notice=None), images=manifest.images, features=features, core=core,
+                             errors=manifest.errors, notes=manifest.notes)
+            if not np.array_equal(_stars(manifest.images), core.stars_, equal_nan=True):
+                raise ValueError("the ratings array disagrees with the image records")
+            return collection
+        except (KeyError, ValueError, CollectionError) as exc:
+            detail = f"member {exc}.npy is missing" if isinstance(exc, KeyError) else str(exc)
+            raise CollectionFileError(f"{path}: inconsistent collection: {detail}") from None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __repr__(self) -> str:
-        fitted = f", pca={self.pca_.n_components_}, threshold={self.threshold:.3f}" if hasattr(self, "pca_") else ""
-        return f"Collection({len(self)} images, backbone={self.backbone.name}{fitted})"
+        if self.core is None:
+            return f"Collection({len(self)} images, backbone={self.backbone.name}, not built)"
+        pca = self.core.pca_
+        reduced = f"pca={pca.n_components_}" if pca is not None else "raw features"
+        return f"Collection({len(self)} images, backbone={self.backbone.name}, {reduced}, threshold={self.threshold:.3f})"
+
+
+def _stars(records: Sequence[ImageRecord]) -> np.ndarray:
+    return np.array([np.nan if r.rating.stars is None else r.rating.stars for r in records], dtype=np.float64)
 
 
 def _resolve_sources(source) -> tuple[list[str], list[FileError]]:
@@ -451,18 +400,6 @@ def _resolve_sources(source) -> tuple[list[str], list[FileError]]:
     return list(unique), errors
 
 
-def _nearest_other(queries: np.ndarray, vectors: np.ndarray, exclude: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """For each query row i, the highest similarity to any vector except `exclude[i]`, in bounded memory."""
-    best = np.full(len(queries), -np.inf, dtype=np.float32)
-    rows = np.arange(len(queries))
-    for start in range(0, len(vectors), chunk):
-        sims = queries @ vectors[start : start + chunk].T
-        inside = (exclude >= start) & (exclude < start + len(sims.T))
-        sims[rows[inside], exclude[inside] - start] = -np.inf
-        best = np.maximum(best, sims.max(axis=1))
-    return best
-
-
 def _query_rating(query, override: float | None) -> Rating:
     if override is not None:
         stars = float(override)
@@ -476,20 +413,3 @@ def _query_rating(query, override: float | None) -> Rating:
     data = query.read()
     query.seek(0)
     return read_rating(data)
-
-
-def _record_to_dict(record: ImageRecord) -> dict:
-    rating = record.rating
-    return {
-        "path": record.path,
-        "rating": rating.stars,
-        "rating_source": rating.source,
-        "rating_conflict": rating.conflict,
-        "rating_values": [[v.source, v.raw, v.stars] for v in rating.values],
-        "rating_problems": list(rating.problems),
-    }
-
-
-def _record_from_dict(data: dict) -> ImageRecord:
-    values = tuple(RatingValue(s, raw, float(stars)) for s, raw, stars in data["rating_values"])
-    return ImageRecord(data["path"], Rating(data["rating"], data["rating_source"], values, tuple(data["rating_problems"])))

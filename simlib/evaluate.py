@@ -1,5 +1,6 @@
 """Evaluation: retrieval and decision metrics as pure functions on arrays, ground truth for labelled image sets,
-and `evaluate_configuration`, which scores one collection configuration on precomputed features.
+and `evaluate_configuration`, which scores one search configuration on precomputed features through the search
+core, exactly as a collection searches.
 
 Conventions: `ranked_ids` is (n_queries, m) int with -1 for "no result"; labels are ints, equal labels mean
 "same picture"; `relevance` is the (n_queries, m) bool matrix of ranked results that share the query's label.
@@ -11,16 +12,15 @@ import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from faiss.contrib.evaluation import knn_intersection_measure
+from sklearn import metrics
 
-from .backbones import Backbone
-from .images import load_image
-from .index import IndexParams, build_index, bytes_per_vector, exact_search, search_index, with_rating
-from .reduce import PCA, normalize_rows
-from .threshold import EDITS, edited_copy
+from .index import IndexParams, bytes_per_vector
+from .reduce import PCA
+from .search_core import SearchConfig, SearchCore
 
 # ------------------------------------------------------------------ ranking metrics
 
@@ -46,7 +46,9 @@ def n_relevant(query_labels: np.ndarray, db_labels: np.ndarray, query_in_db: boo
 def average_precision(relevant: np.ndarray, total_relevant: int) -> float:
     """AP of one ranked list: mean over the relevant items of the precision at their rank; 0 when none exist.
 
-    Relevant items missing from a truncated list count as retrieved at no rank (precision 0).
+    Relevant items missing from a truncated list count as retrieved at no rank (precision 0). This is why it is not
+    `sklearn.metrics.average_precision_score`, which needs a score for every item of the database; on a full
+    ranking the two agree (tests/test_evaluate.py).
     """
     relevant = np.asarray(relevant, dtype=bool)
     if total_relevant <= 0:
@@ -86,12 +88,14 @@ def ukbench_score(relevance_matrix: np.ndarray) -> float:
 
 
 def ann_recall_at_k(approximate_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
-    """Mean |approximate top-k  ∩  exact top-k| / k: how much of the true k nearest neighbours an ANN index finds."""
+    """Mean |approximate top-k  ∩  exact top-k| / k: how much of the true k nearest neighbours an ANN index finds
+    (FAISS's `knn_intersection_measure`)."""
     approximate_ids, exact_ids = np.asarray(approximate_ids)[:, :k], np.asarray(exact_ids)[:, :k]
     if approximate_ids.shape != exact_ids.shape:
         raise ValueError(f"shapes differ: {approximate_ids.shape} vs {exact_ids.shape}")
-    overlap = [len(set(a[a >= 0]) & set(e[e >= 0])) for a, e in zip(approximate_ids, exact_ids)]
-    return float(np.mean(overlap) / k)
+    if (exact_ids < 0).any():
+        raise ValueError("the exact neighbours hold -1: ask for at most as many neighbours as there are vectors")
+    return float(knn_intersection_measure(approximate_ids, exact_ids))
 
 
 # ------------------------------------------------------------------ match / no-match decisions
@@ -118,27 +122,21 @@ def match_scores(
 
 
 def roc_curve(scores: np.ndarray, is_match: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False-match rate, hit rate and thresholds for "score >= threshold means match", thresholds descending.
-
-    The curve starts at (0, 0) with threshold +inf and ends at (1, 1).
-    """
+    """False-match rate, hit rate and thresholds for "score >= threshold means match", thresholds descending
+    (`sklearn.metrics.roc_curve`, every threshold kept). The curve starts at (0, 0) with threshold +inf and ends at
+    (1, 1)."""
     scores, is_match = np.asarray(scores, dtype=np.float64), np.asarray(is_match, dtype=bool)
     if is_match.all() or not is_match.any():
         raise ValueError("the ROC needs both matches and non-matches")
-    order = np.argsort(-scores, kind="stable")
-    scores, is_match = scores[order], is_match[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    tps = np.cumsum(is_match)[last_of_tie]
-    fps = np.cumsum(~is_match)[last_of_tie]
-    fpr = np.r_[0.0, fps / (~is_match).sum()]
-    tpr = np.r_[0.0, tps / is_match.sum()]
-    return fpr, tpr, np.r_[np.inf, scores[last_of_tie]]
+    return metrics.roc_curve(is_match, scores, drop_intermediate=False)
 
 
 def roc_auc(scores: np.ndarray, is_match: np.ndarray) -> float:
     """Area under the ROC curve: the probability that a match scores above a non-match (ties count half)."""
-    fpr, tpr, _ = roc_curve(scores, is_match)
-    return float(np.trapezoid(tpr, fpr))
+    scores, is_match = np.asarray(scores, dtype=np.float64), np.asarray(is_match, dtype=bool)
+    if is_match.all() or not is_match.any():
+        raise ValueError("the ROC needs both matches and non-matches")
+    return float(metrics.roc_auc_score(is_match, scores))
 
 
 def error_rates(scores: np.ndarray, is_match: np.ndarray, threshold: float) -> dict[str, float]:
@@ -184,29 +182,6 @@ def load_wallpaper_groups(folder: str | Path) -> LabelledImages:
     )
 
 
-def embed_edited_copies(
-    backbone: Backbone, paths: Sequence[str | Path], variants: int = len(EDITS), batch_size: int = 32
-) -> tuple[np.ndarray, np.ndarray]:
-    """Features of `variants` edited copies of each image (the edits of `simlib.threshold`) and their labels.
-
-    Ground truth for collections without labels: copy j of image i has label i, so searching the originals with the
-    copies measures how reliably an edited photo finds its original.
-    """
-    features, labels, batch = [], [], []
-    for i, path in enumerate(paths):
-        original = load_image(path, min_side=2 * backbone.spec.input_size)
-        for variant in range(variants):
-            batch.append(edited_copy(original, variant))
-            labels.append(i)
-        if len(batch) >= batch_size:
-            features.append(backbone.embed_images(batch))
-            batch = []
-    if batch:
-        features.append(backbone.embed_images(batch))
-    dim = backbone.dim
-    return (np.concatenate(features) if features else np.empty((0, dim), np.float32)), np.array(labels, np.int64)
-
-
 # ------------------------------------------------------------------ one configuration, one row
 
 
@@ -216,11 +191,8 @@ def evaluate_configuration(
     query_features: np.ndarray | None = None,
     query_labels: np.ndarray | None = None,
     *,
-    pca_dim: int | None = 128,
-    whiten: bool = False,
-    fitted_pca: PCA | None = None,
-    index: IndexParams = IndexParams(),
-    rating_weight: float = 0.0,
+    config: SearchConfig = SearchConfig(),
+    pca: PCA | None = None,
     db_stars: np.ndarray | None = None,
     query_stars: np.ndarray | None = None,
     k: int = 10,
@@ -228,54 +200,52 @@ def evaluate_configuration(
 ) -> pd.DataFrame:
     """Score one configuration on precomputed backbone features; returns a one-row DataFrame.
 
-    Without query features every database item is a query against the others (leave-one-out). `pca_dim=None`
-    searches the raw features. `fitted_pca`, a PCA fitted elsewhere (a collection's, or one fitted on more samples
-    than the database holds), is applied instead of fitting one on the database; `pca_dim` and `whiten` are then
-    its own. Columns: mAP (over the top `ranking_depth`), P@1, P@k, R@k, N-S, ANN recall@k against exact search
-    on the same vectors, build seconds, queries per second (one query at a time), bytes per vector of the index,
-    and the dimensions kept.
+    A `SearchCore` is fitted on the database (`config`; `pca`, a PCA fitted elsewhere, is used instead of fitting
+    one) and every query searches it one at a time through `SearchCore.search`, the visual rule forced (threshold
+    -inf), exactly as `Collection.search` does. Without query features every database item is a query against the
+    others (leave-one-out: it searches one more result and drops itself). Columns: mAP (over the top
+    `ranking_depth`), P@1, P@k, R@k, N-S, ANN recall@k against the same core with an exact index, build seconds
+    (PCA fit and index), queries per second (one at a time), bytes per vector of the index, the dimensions kept.
     """
     leave_one_out = query_features is None
     if leave_one_out:
-        query_features, query_labels = db_features, db_labels
+        query_features, query_labels, query_stars = db_features, db_labels, db_stars
     db_labels, query_labels = np.asarray(db_labels), np.asarray(query_labels)
-    if pca_dim is None and fitted_pca is None:
-        pca, db_vectors, query_vectors = None, normalize_rows(db_features), normalize_rows(query_features)
-    else:
-        pca = fitted_pca if fitted_pca is not None else PCA(pca_dim, whiten=whiten).fit(db_features)
-        db_vectors = normalize_rows(pca.transform(db_features))
-        query_vectors = normalize_rows(pca.transform(query_features))
-    db_indexed = with_rating(db_vectors, db_stars, rating_weight)
-    query_indexed = with_rating(query_vectors, query_stars, rating_weight)
+    q_stars = np.full(len(query_features), np.nan) if query_stars is None else np.asarray(query_stars, np.float64)
 
     started = time.perf_counter()
-    ann = build_index(db_indexed, index)
+    core = SearchCore(config).fit(db_features, db_stars, pca=pca)
     build_seconds = time.perf_counter() - started
-    depth = min(ranking_depth + int(leave_one_out), len(db_vectors))
+    depth = min(ranking_depth + int(leave_one_out), len(core))
     started = time.perf_counter()
-    ranked = np.vstack([search_index(ann, q[None], depth)[1] for q in query_indexed])
-    qps = len(query_indexed) / (time.perf_counter() - started)
-    _, exact = exact_search(db_indexed, query_indexed, depth)
+    ranked = np.vstack([
+        core.search(f[None], depth, threshold=-np.inf, query_stars=s).ids for f, s in zip(query_features, q_stars)
+    ])
+    qps = len(ranked) / (time.perf_counter() - started)
+    exact = core.with_index(IndexParams("exact")).search(query_features, depth, threshold=-np.inf,
+                                                         query_stars=q_stars).ids
     if leave_one_out:
         ranked, exact = _drop_self(ranked), _drop_self(exact)
     rel = relevance(ranked, query_labels, db_labels)
     totals = n_relevant(query_labels, db_labels, query_in_db=leave_one_out)
+    index = config.index
+    fitted = core.pca_
     return pd.DataFrame(
         [
             {
-                "dims": db_vectors.shape[1],
-                "pca": "raw" if pca is None else f"PCA-{pca.n_components_}" + (" whitened" if pca.whiten else ""),
+                "dims": core.dim,
+                "pca": "raw" if fitted is None else f"PCA-{fitted.n_components_}" + (" whitened" if fitted.whiten else ""),
                 "index": index.kind if index.kind == "exact" else f"HNSW M={index.M} efC={index.ef_construction} efS={index.ef_search}",
-                "rating_weight": rating_weight,
+                "rating_weight": config.rating_weight,
                 "mAP": mean_average_precision(rel, totals),
                 "P@1": precision_at_k(rel, 1, totals),
                 f"P@{k}": precision_at_k(rel, k, totals),
                 f"R@{k}": recall_at_k(rel, totals, k),
                 "N-S": ukbench_score(np.hstack([np.ones((len(rel), 1), bool), rel]) if leave_one_out else rel),
-                f"ANN recall@{k}": ann_recall_at_k(ranked, exact, k),
+                f"ANN recall@{k}": ann_recall_at_k(ranked, exact, min(k, exact.shape[1])),
                 "build_s": build_seconds,
                 "qps": qps,
-                "bytes_per_vector": bytes_per_vector(ann),
+                "bytes_per_vector": bytes_per_vector(core.index_),
             }
         ]
     )

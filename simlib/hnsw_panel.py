@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .index import IndexParams, bytes_per_vector, check_vectors, exact_search
-from .tuning import QueryRun, measure_queries, timed_build
+from .tuning import QueryRun, measure_queries, timed_core
 
 EF_SEARCH_CURVE = (10, 20, 40, 80, 160, 320)  # efSearch values measured for each plotted curve
 MAX_K = 50
@@ -90,7 +90,8 @@ class HNSWPanel:
         """Rebuild the index if M or efConstruction moved, query at the current efSearch and k, and redraw."""
         key = (self.M.value, self.ef_construction.value)
         if key != self._built:
-            self.index_, self.build_seconds_ = timed_build(self.vectors, IndexParams(M=key[0], ef_construction=key[1]))
+            self.core_, self.build_seconds_ = timed_core(self.vectors, IndexParams(M=key[0], ef_construction=key[1]))
+            self.index_ = self.core_.index_
             self._built = key
             for stale in [run_key for run_key in self._runs if run_key[:2] == key]:
                 del self._runs[stale]  # measured on an earlier build of these settings: measure the new one
@@ -99,7 +100,7 @@ class HNSWPanel:
         ef_search = max(self.ef_search.value, k)  # search_index never searches with a beam narrower than k
         for ef in {max(e, k) for e in self.ef_search_curve} | {ef_search}:
             if ef not in runs:
-                runs[ef] = measure_queries(self.index_, self.queries, self._exact_ids[:, :k], k, ef, self.repeats)
+                runs[ef] = measure_queries(self.core_, self.queries, self._exact_ids[:, :k], k, ef, self.repeats)
         run = runs[ef_search]
         self._found = run.ids
         self.curve_ = _curve(runs)

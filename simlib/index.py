@@ -1,7 +1,12 @@
 """Vector index: float32 vectors in, FAISS HNSW (or exact) index out; search returns ids ranked by L2 distance.
 
 Ids are insertion positions (0, 1, 2, ...), so the n-th vector added keeps id n for the life of the index.
-For unit vectors L2 ranking equals cosine ranking (|a - b|^2 = 2 - 2 cos).
+For unit vectors L2 ranking equals cosine ranking (|a - b|^2 = 2 - 2 cos). A search may be restricted to a subset
+of ids through a FAISS selector (`IDSelectorBitmap`), inside FAISS, so k results come back in one call.
+
+FAISS builds an HNSW graph on every core: which links a node gets depends on the order the threads reach it, so
+two builds of the same vectors may differ slightly in their links (and in the rare result near the recall limit);
+a saved index gives the same results every time it is loaded.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ import faiss
 import numpy as np
 
 
+MAX_M = 4096
+MAX_EF = 1 << 20
+
+
 @dataclass(frozen=True)
 class IndexParams:
     """HNSW graph degree `M`, build beam `ef_construction`, default query beam `ef_search`; kind 'exact' is brute force."""
@@ -29,9 +38,13 @@ class IndexParams:
     def __post_init__(self) -> None:
         if self.kind not in ("hnsw", "exact"):
             raise ValueError(f"index kind must be 'hnsw' or 'exact', got {self.kind!r}")
-        for name in ("M", "ef_construction", "ef_search"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, limit in (("M", MAX_M), ("ef_construction", MAX_EF), ("ef_search", MAX_EF)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if not 1 <= int(value) <= limit:
+                # memory and time grow with each of them: beyond these a value is a mistake or a forged file
+                raise ValueError(f"{name} must be within 1..{limit}, got {value}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,19 +168,35 @@ def _large_arrays(index: faiss.Index) -> Iterator[np.ndarray]:
 
 
 def search_index(
-    index: faiss.Index, queries: np.ndarray, k: int, ef_search: int | None = None
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    ef_search: int | None = None,
+    selector: faiss.IDSelector | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Squared L2 distances and ids (nq, k), nearest first; missing neighbours have id -1."""
+    """Squared L2 distances and ids (nq, k), nearest first; missing neighbours have id -1. With `selector`, only
+    the ids it selects are returned (the selector must live until the call returns)."""
     queries = check_vectors(queries, index.d, "queries")
     k = int(k)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    return search_checked(index, queries, k, ef_search, selector)
+
+
+def search_checked(
+    index: faiss.Index, queries: np.ndarray, k: int, ef_search: int | None = None, selector=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`search_index` for queries already checked (C-contiguous float32 of the index's width, finite) and k >= 1."""
     params = None
     if isinstance(index, faiss.IndexHNSW):
         ef = index.hnsw.efSearch if ef_search is None else int(ef_search)
-        if ef_search is not None or ef < k:
+        if selector is not None:
+            params = faiss.SearchParametersHNSW(efSearch=max(ef, k), sel=selector)
+        elif ef_search is not None or ef < k:
             # per-call parameters: no shared state is changed, so concurrent searches may differ in efSearch
             params = _hnsw_parameters(max(ef, k))
+    elif selector is not None:
+        params = faiss.SearchParameters(sel=selector)
     n = len(queries)
     distances = np.empty((n, k), dtype=np.float32)
     ids = np.empty((n, k), dtype=np.int64)
@@ -175,6 +204,14 @@ def search_index(
     # time, which costs as much as a small HNSW search when queries come one at a time (benchmarks/ann.py).
     index.search_c(n, faiss.swig_ptr(queries), k, faiss.swig_ptr(distances), faiss.swig_ptr(ids), params)
     return distances, ids
+
+
+def flat_storage(index: faiss.Index) -> faiss.Index:
+    """The flat (exact) index holding the vectors: an HNSW index's storage, or the exact index itself. Searching it
+    with a selector compares the query with the selected vectors only."""
+    if isinstance(index, faiss.IndexHNSW):
+        return faiss.downcast_index(index.storage)
+    return index
 
 
 @functools.lru_cache(maxsize=64)
@@ -185,10 +222,11 @@ def _hnsw_parameters(ef_search: int) -> faiss.SearchParametersHNSW:
 
 
 def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ground truth: exact squared L2 distances and ids (nq, k) by brute force."""
-    index = faiss.IndexFlatL2(check_vectors(vectors).shape[1])
-    index.add(check_vectors(vectors))
-    return index.search(check_vectors(queries, index.d, "queries"), min(int(k), index.ntotal))
+    """Ground truth: exact squared L2 distances and ids (nq, min(k, n)), by FAISS's blocked brute force
+    (`faiss.knn`, bounded memory whatever the sizes)."""
+    vectors = check_vectors(vectors)
+    queries = check_vectors(queries, vectors.shape[1], "queries")
+    return faiss.knn(queries, vectors, min(int(k), len(vectors)))
 
 
 def index_to_bytes(index: faiss.Index) -> bytes:

@@ -11,11 +11,21 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Sequence
 
+import faiss
 import numpy as np
 from PIL import Image
 
+from .images import ImageSource, load_image
+
+if TYPE_CHECKING:
+    from .backbones import Backbone
+    from .search_core import SearchCore
+
 EDITS = ("downscale-recompress", "crop-80", "crop-70-offcentre-recompress")
+CALIBRATION_SAMPLE = 60  # edited copies made to calibrate the match threshold (20 of each edit)
+COPY_BATCH = 8  # edited copies decoded and held at once while they are embedded
 
 
 def edited_copy(image: Image.Image, variant: int) -> Image.Image:
@@ -88,3 +98,59 @@ def choose_threshold(match: np.ndarray, nonmatch: np.ndarray) -> Calibration:
         miss_rate=float(np.mean(match < threshold)),
         false_match_rate=float(np.mean(nonmatch >= threshold)),
     )
+
+
+def calibration_sample(n: int, size: int = CALIBRATION_SAMPLE, seed: int = 0) -> np.ndarray:
+    """The ids (sorted) of the images whose edited copies calibrate a collection of `n` images: a seeded sample."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(n, size), replace=False))
+
+
+def embed_edited_copies(
+    backbone: "Backbone", sources: Sequence[ImageSource], variants: Sequence[int] | int = len(EDITS)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features of edited copies of each source, and for each copy the position of its source.
+
+    `variants` is how many copies per source (edits 0, 1, 2, ...) or, per source, the one edit to make. A source
+    that cannot be read again (moved or changed since it was indexed) is skipped. At most `COPY_BATCH` decoded
+    copies are held at once, so memory does not grow with the number of sources.
+    """
+    edits = [[v] for v in variants] if not isinstance(variants, int) else [list(range(variants))] * len(sources)
+    if len(edits) != len(sources):
+        raise ValueError(f"{len(edits)} variants for {len(sources)} sources")
+    features, origin, batch = [], [], []
+
+    def flush() -> None:
+        if batch:
+            features.append(backbone.embed_images(batch))
+            batch.clear()
+
+    for i, (source, chosen) in enumerate(zip(sources, edits)):
+        try:
+            original = load_image(source, min_side=2 * backbone.spec.input_size)
+        except Exception:
+            continue
+        for variant in chosen:
+            batch.append(edited_copy(original, variant))
+            origin.append(i)
+            if len(batch) >= COPY_BATCH:
+                flush()
+    flush()
+    stacked = np.concatenate(features) if features else np.empty((0, backbone.dim), np.float32)
+    return stacked, np.array(origin, dtype=np.int64)
+
+
+def calibrate(core: "SearchCore", copy_features: np.ndarray, original_ids: np.ndarray) -> Calibration:
+    """The match threshold for `core` from features of edited copies of its images `original_ids`: each copy's
+    similarity to its original is a match score, its similarity to the nearest other image (exact search over
+    every image) a non-match score."""
+    original_ids = np.asarray(original_ids, dtype=np.int64)
+    if len(original_ids) == 0:
+        raise ValueError("cannot calibrate the match threshold without edited copies")
+    if len(core) < 2:
+        raise ValueError("cannot calibrate the match threshold of fewer than 2 images")
+    queries = core.transform(copy_features)
+    match = np.einsum("ij,ij->i", queries, core.vectors_[original_ids])
+    distances, ids = faiss.knn(queries, core.vectors_, 2)
+    other = np.where(ids[:, 0] == original_ids, distances[:, 1], distances[:, 0])
+    return choose_threshold(match, 1.0 - other / 2.0)  # unit vectors: |a - b|^2 = 2 - 2 cos

@@ -15,8 +15,9 @@ import pandas as pd
 from PIL import Image
 
 from .evaluate import ann_recall_at_k, evaluate_configuration
-from .index import IndexParams, build_index, bytes_per_vector, check_vectors, exact_search, search_index
+from .index import IndexParams, bytes_per_vector, check_vectors, exact_search
 from .reduce import PCA, normalize_rows
+from .search_core import SearchConfig, SearchCore
 
 if TYPE_CHECKING:
     from .collection import Collection, SearchResult
@@ -45,42 +46,29 @@ def sweep_pca(
     fit = db_features if fit_features is None else fit_features
     full = PCA(max(int(d) for d in dims)).fit(fit)
     kept = sorted({min(int(d), full.n_components_) for d in dims if int(d) >= 1})
-    common = dict(index=IndexParams("exact"), k=k)
+    exact = IndexParams("exact")
     rows = [
         evaluate_configuration(
-            db_features, db_labels, query_features, query_labels, fitted_pca=truncated_pca(full, d, w), **common
+            db_features, db_labels, query_features, query_labels, k=k, pca=full.truncated(d, w),
+            config=SearchConfig(pca_dim=d, whiten=w, index=exact),
         ).assign(whiten=w)
         for d, w in itertools.product(kept, whiten)
     ]
-    raw = evaluate_configuration(db_features, db_labels, query_features, query_labels, pca_dim=None, **common)
+    raw = evaluate_configuration(db_features, db_labels, query_features, query_labels, k=k,
+                                 config=SearchConfig(pca_dim=None, index=exact))
     table = pd.concat(rows + [raw.assign(whiten=False)], ignore_index=True)
     return table.assign(fitted_on=len(fit))
-
-
-def truncated_pca(pca: PCA, n_components: int, whiten: bool = False) -> PCA:
-    """The first `n_components` of a fitted PCA, with or without whitening: the same as fitting that size on the
-    same data, without another eigendecomposition."""
-    arrays = pca.to_arrays()
-    n = min(int(n_components), pca.n_components_)
-    return PCA.from_arrays(
-        {
-            "mean": arrays["mean"],
-            "components": arrays["components"][:n],
-            "explained_variance": arrays["explained_variance"][:n],
-            "explained_variance_ratio": arrays["explained_variance_ratio"][:n],
-            "settings": np.array([n, int(whiten), pca.n_samples_], dtype=np.int64),
-        }
-    )
 
 
 # ------------------------------------------------------------------ HNSW parameters
 
 
-def timed_build(vectors: np.ndarray, params: IndexParams) -> tuple[faiss.Index, float]:
-    """The index over `vectors` and the seconds its build took."""
+def timed_core(vectors: np.ndarray, params: IndexParams) -> tuple[SearchCore, float]:
+    """A search core over `vectors` (already reduced and normalised: no PCA) with index `params`, and the seconds
+    its build took."""
     started = time.perf_counter()
-    index = build_index(vectors, params)
-    return index, time.perf_counter() - started
+    core = SearchCore.from_state(SearchConfig(pca_dim=None, index=params), None, vectors)
+    return core, time.perf_counter() - started
 
 
 @dataclass
@@ -94,24 +82,25 @@ class QueryRun:
 
 
 def measure_queries(
-    index: faiss.Index, queries: np.ndarray, exact_ids: np.ndarray, k: int, ef_search: int, repeats: int = 3
+    core: SearchCore, queries: np.ndarray, exact_ids: np.ndarray, k: int, ef_search: int, repeats: int = 3
 ) -> QueryRun:
-    """Search `queries` one at a time, as an app searches, and measure the run against `exact_ids`.
+    """Search `queries` one at a time through `SearchCore.search_vectors` (the visual rule), as an app searches,
+    and measure the run against `exact_ids`.
 
     The pass runs `repeats` times and the fastest counts, so a cold first pass or a busy moment on a shared machine
     does not set the speed. Distances are counted by FAISS's global HNSW statistics during the first pass (the
     full database size for an exact index), which searches running at the same time in this process would inflate.
     """
-    queries = check_vectors(queries, index.d, "queries")
+    queries = check_vectors(queries, core.dim, "queries")
     found = np.empty((len(queries), k), dtype=np.int64)
-    fastest, distances = np.inf, float(index.ntotal)
+    fastest, distances = np.inf, float(len(core))
     for repeat in range(max(1, int(repeats))):
         faiss.cvar.hnsw_stats.reset()
         started = time.perf_counter()
         for i, query in enumerate(queries):
-            found[i] = search_index(index, query[None], k, ef_search)[1][0]
+            found[i] = core.search_vectors(query[None], k, threshold=-np.inf, ef_search=ef_search).ids[0]
         fastest = min(fastest, time.perf_counter() - started)
-        if repeat == 0 and isinstance(index, faiss.IndexHNSW):
+        if repeat == 0 and isinstance(core.index_, faiss.IndexHNSW):
             distances = faiss.cvar.hnsw_stats.ndis / max(len(queries), 1)
     return QueryRun(ann_recall_at_k(found, exact_ids, k), len(queries) / max(fastest, 1e-9), distances, found)
 
@@ -139,10 +128,10 @@ def sweep_hnsw(
     _, exact_ids = exact_search(vectors, queries, k)
     rows = []
     for m, ef_c in itertools.product(M, ef_construction):
-        index, build_s = timed_build(vectors, IndexParams(M=int(m), ef_construction=int(ef_c)))
-        size = bytes_per_vector(index)
+        core, build_s = timed_core(vectors, IndexParams(M=int(m), ef_construction=int(ef_c)))
+        size = bytes_per_vector(core.index_)
         for ef_s in sorted({max(int(e), k) for e in ef_search}):
-            run = measure_queries(index, queries, exact_ids, k, ef_s, repeats)
+            run = measure_queries(core, queries, exact_ids, k, ef_s, repeats)
             rows.append(dict(M=int(m), ef_construction=int(ef_c), ef_search=ef_s, k=k, recall=run.recall,
                              qps=run.qps, distances_per_query=run.distances_per_query, build_s=build_s,
                              bytes_per_vector=size))
@@ -200,12 +189,10 @@ def leave_one_out_search(
     rule: Literal["visual", "rating-fallback"],
     query_rating: float | None = None,
 ) -> list["SearchResult"]:
-    """The `k` results `collection.search` gives `query` under `rule` as if image `original_id` were not in the
-    collection. The rule is forced by the threshold (-inf: visual, +inf: fallback); the search asks for one more
-    result and drops the original. That leaves the order of the others as it would be without the original: exactly
-    for the fallback (ordered by rating, then similarity), up to HNSW's approximation for visual search."""
+    """The `k` results `collection.search` gives `query` under `rule` with image `original_id` left out of the
+    search (`exclude`), as if it were not in the collection. The rule is forced by the threshold (-inf: visual,
+    +inf: fallback)."""
     if rule not in ("visual", "rating-fallback"):
         raise ValueError(f"rule must be 'visual' or 'rating-fallback', got {rule!r}")
     threshold = -np.inf if rule == "visual" else np.inf
-    response = collection.search(query, k + 1, threshold=threshold, query_rating=query_rating)
-    return [result for result in response.results if result.id != original_id][:k]
+    return collection.search(query, k, threshold=threshold, query_rating=query_rating, exclude=[original_id]).results

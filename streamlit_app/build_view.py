@@ -9,7 +9,7 @@ from streamlit.delta_generator import DeltaGenerator
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 import labels
-from simlib import Backbone, Collection, CollectionConfig, CollectionError
+from simlib import Backbone, Collection, SearchConfig, CollectionError
 from workspace import (
     PENDING_RATING_WEIGHT,
     Outcome,
@@ -51,7 +51,7 @@ def render(workspace: Workspace, backbone: Backbone, active: Collection, rating_
 
 def _build(workspace: Workspace, files: Sequence[UploadedFile], backbone: Backbone, rating_weight: float) -> None:
     paths, refused = workspace.write_uploads(files)
-    collection = Collection(backbone, CollectionConfig(rating_weight=rating_weight))
+    collection = Collection(backbone, SearchConfig(rating_weight=rating_weight))
     collection.errors.extend(refused)  # kept with the collection's other skipped files, and saved with them
     bar, progress = _progress_bar(len(paths), "fitting PCA, building the index and calibrating the threshold")
     try:

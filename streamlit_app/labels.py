@@ -41,6 +41,12 @@ def file_name(path: str) -> str:
     return Path(path).name
 
 
+def folder_name(path: str) -> str:
+    """A folder by its last two names ('photos/2026'), enough to tell a collection's folders apart."""
+    parts = Path(path).parts
+    return "/".join(parts[-2:]) if len(parts) > 1 else path
+
+
 def escape(text: str) -> str:
     """`text` shown literally inside a line of Markdown (never at its start)."""
     return _INLINE_MARKDOWN.sub(r"\\\1", text)

@@ -48,9 +48,12 @@ def _rating_counts(collection: Collection) -> pd.DataFrame:
 
 
 def _pca(collection: Collection) -> None:
-    pca = collection.pca_
-    ratio = np.asarray(pca.explained_variance_ratio_)
+    pca = collection.core.pca_
     st.subheader("PCA explained variance")
+    if pca is None:
+        st.caption("No PCA: the collection searches the raw backbone features.")
+        return
+    ratio = np.asarray(pca.explained_variance_ratio_)
     st.caption(
         f"{pca.n_components_} components of {pca.n_features_in_} keep {ratio.sum():.1%} of the variance "
         f"(fitted on {pca.n_samples_} images{', whitened' if pca.whiten else ''})."
@@ -67,8 +70,8 @@ def _index_parameters(collection: Collection) -> pd.DataFrame:
     if params.kind == "hnsw":
         rows += [("M", params.M), ("efConstruction", params.ef_construction), ("efSearch (default)", params.ef_search)]
     rows += [
-        ("vectors", collection.index_.ntotal),
-        ("dimensions", collection.index_.d),
+        ("vectors", collection.core.index_.ntotal),
+        ("dimensions", collection.core.index_.d),
         ("rating weight", collection.config.rating_weight),
     ]
     return pd.DataFrame([(name, str(value)) for name, value in rows], columns=["parameter", "value"])
@@ -76,7 +79,7 @@ def _index_parameters(collection: Collection) -> pd.DataFrame:
 
 def _calibration(collection: Collection) -> None:
     st.subheader("Match threshold")
-    c = collection.calibration_
+    c = collection.core.calibration_
     if collection.config.threshold is not None:
         st.caption(f"Fixed at {collection.config.threshold:.3f} when the collection was built.")
     st.caption(f"Calibration: {c.method}.")

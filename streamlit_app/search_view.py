@@ -18,8 +18,11 @@ QUERY_RATING_CHOICES = ["from its metadata", -1, 0, 1, 2, 3, 4, 5]
 COLUMNS = 4
 
 
+ANY_FOLDER = "any folder"
+
+
 def render(collection: Collection, ef_search: int, threshold: float | None, min_rating: float | None) -> None:
-    source, k, query_rating = st.columns([3, 1, 2])
+    source, k, query_rating, folder = st.columns([3, 1, 2, 2])
     with source:
         mode = st.radio("Query", [UPLOAD, PICK], horizontal=True, key="query_mode", label_visibility="collapsed")
         query, label = _query(collection, mode)
@@ -28,12 +31,19 @@ def render(collection: Collection, ef_search: int, threshold: float | None, min_
         "Query rating", QUERY_RATING_CHOICES, value="from its metadata", key="query_rating",
         help="The rating the fallback compares with; -1 means rejected.",
     )
+    folders = collection.folders()
+    under = folder.selectbox(
+        "Only images in", [ANY_FOLDER, *folders], key="under", disabled=len(folders) < 2,
+        format_func=lambda f: f if f == ANY_FOLDER else labels.folder_name(f),
+        help="Results from this folder and the folders below it only (both rules).",
+    )
     if query is None:
         st.info("Upload a query image, or pick one from the collection, to see the most similar images.")
         return
     try:
         response = collection.search(
             query, k=int(k), threshold=threshold, min_rating=min_rating, ef_search=ef_search, name=label,
+            under=None if under == ANY_FOLDER else under,
             query_rating=None if rating == "from its metadata" else float(rating),
         )
     except (ImageDecodeError, CollectionError, ValueError) as exc:

@@ -20,7 +20,7 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 import resources
 from simlib import Collection, FileError
-from simlib.archive import read_manifest
+from simlib.manifest import read_manifest
 from simlib.files import safe_file_name
 
 STORE_ENV = "SIMLIB_APP_STORE"  # where saved collections and session upload folders live
@@ -145,8 +145,7 @@ class Workspace:
 def open_saved(name: str) -> Collection:
     """A saved collection, loaded with the backbone it was built with (cached like every backbone)."""
     path = saved_folder() / f"{safe_file_name(name)}.simlib"
-    recorded = read_manifest(path)["backbone"]["name"]
-    return Collection.load(path, resources.backbone(recorded))
+    return Collection.load(path, resources.backbone(read_manifest(path).backbone.name))
 
 
 def current() -> Workspace:

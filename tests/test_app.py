@@ -65,18 +65,19 @@ def badges(at: AppTest) -> list[str]:
     return [m.value for m in at.markdown if "-badge[" in m.value]
 
 
-def counting(monkeypatch, name: str) -> list:
-    """Wrap simlib.collection.<name> so every call is recorded."""
-    import simlib.collection
+def counting(monkeypatch, module: str, name: str) -> list:
+    """Wrap <module>.<name> so every call is recorded."""
+    import importlib
 
+    target = importlib.import_module(module)
     calls = []
-    original = getattr(simlib.collection, name)
+    original = getattr(target, name)
 
     def wrapper(*args, **kwargs):
         calls.append(name)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(simlib.collection, name, wrapper)
+    monkeypatch.setattr(target, name, wrapper)
     return calls
 
 
@@ -119,7 +120,8 @@ def test_bad_query_upload_is_reported_with_its_reason(app):
 
 
 def test_controls_change_results_without_rebuilding(app, monkeypatch):
-    extractions, builds = counting(monkeypatch, "extract_features"), counting(monkeypatch, "build_index")
+    extractions, builds = (counting(monkeypatch, "simlib.collection", "extract_features"),
+                           counting(monkeypatch, "simlib.search_core", "build_index"))
     upload_query(app, "ladybird.jpg", (DATA / "queries" / "ladybird-cropped-small.jpg").read_bytes())
     assert results(app)["reason"][0] == "visual"
 
@@ -241,3 +243,25 @@ def test_a_session_upload_folder_goes_with_the_session_unless_saved(app_env):
     gc.collect()
     assert not folders[0].exists()
     assert sorted(p.name for p in folders[1].iterdir()) == ["scene-0.jpg", "scene-1.jpg"]
+
+
+def test_the_folder_filter_keeps_results_in_the_chosen_folder(app, app_env, efficientnet, tmp_path):
+    """A saved collection over two folders, opened in the app: choosing a folder keeps the results in it."""
+    from simlib import Collection
+
+    for i in range(6):
+        folder = tmp_path / "photos" / ("beach" if i % 2 else "hills")
+        folder.mkdir(parents=True, exist_ok=True)
+        scene(300 + i).save(folder / f"{i}.jpg", quality=90)
+    (app_env / "collections").mkdir(parents=True)
+    Collection.build(tmp_path / "photos", efficientnet, progress=False, num_workers=0).save(
+        app_env / "collections" / "trip.simlib")
+    app.run()  # the saved collections are listed as the page is drawn
+    app.selectbox(key="open_name").set_value("trip").run()
+    app.button(key="open").click().run()
+    upload_query(app, "q.jpg", jpeg(scene(301)))
+    assert len(results(app)) == 6
+    assert app.selectbox(key="under").options == ["any folder", "photos/beach", "photos/hills"]
+    app.selectbox(key="under").set_value(str(tmp_path / "photos" / "beach")).run()
+    assert not app.exception, app.exception
+    assert len(results(app)) == 3 and set(results(app)["file"]) == {"1.jpg", "3.jpg", "5.jpg"}

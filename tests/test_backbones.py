@@ -98,12 +98,20 @@ def test_embed_rejects_float_batches(resnet18):
         resnet18.embed(torch.zeros(1, 3, 224, 224))
 
 
-def test_resnet18_normalises_with_imagenet_mean_and_std(resnet18):
-    assert RESNET18.mean == (0.485, 0.456, 0.406) and RESNET18.std == (0.229, 0.224, 0.225)
-    # a mid-grey batch equal to the mean becomes all zeros before the network
-    mean_pixel = torch.tensor([0.485, 0.456, 0.406]) * 255
-    x = mean_pixel.view(1, 3, 1, 1).expand(1, 3, 4, 4)
-    assert torch.allclose((x - resnet18._mean) / resnet18._std, torch.zeros_like(x), atol=1e-6)
+def test_resnet18_embeds_what_torchvision_gives_for_imagenet_normalised_input(resnet18, resnet18_weights):
+    """`embed` against the reference written with torchvision's own pieces: ToTensor-style scaling, Normalize
+    with the ImageNet mean and std, ResNet-18 without its classifier, then L2 normalisation."""
+    from torchvision.models import resnet18 as torchvision_resnet18
+    from torchvision.transforms import Normalize
+
+    reference = torchvision_resnet18(weights=None)
+    reference.load_state_dict(torch.load(resnet18_weights, weights_only=True))
+    reference.fc = torch.nn.Identity()
+    batch = torch.stack([resnet18.preprocess(scene(seed)) for seed in range(3)])
+    normalise = Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(reference.eval()(normalise(batch.float() / 255)), dim=1)
+    assert torch.allclose(resnet18.embed(batch), expected, atol=1e-4)
 
 
 @needs_offline_backbone

@@ -92,3 +92,11 @@ def test_an_empty_folder_is_an_error_not_a_crash(tmp_path, resnet18_weights, cap
     code = main(["index", str(tmp_path / "empty"), "-o", str(tmp_path / "x.simlib"), "--backbone", "resnet18",
                  "--weights", str(resnet18_weights), "-q"])
     assert code == 1 and "at least 2 readable images" in capsys.readouterr().err
+
+
+def test_search_under_a_folder_returns_only_images_in_it(collection_file, photo_folder, resnet18_weights, capsys):
+    capsys.readouterr()
+    assert main(["search", str(collection_file), str(photo_folder / "scene-01.jpg"), "-k", "12", "--json",
+                 "--under", str(photo_folder / "sub"), "--weights", str(resnet18_weights)]) == 0
+    paths = [r["path"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert len(paths) == 4 and all("/sub/" in p for p in paths)

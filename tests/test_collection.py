@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simlib import Collection, CollectionConfig, CollectionError, IndexParams
+from simlib import Collection, CollectionError, SearchConfig, SearchCore
 from simlib.archive import CollectionFileError
 
 from .conftest import scene
@@ -25,7 +25,7 @@ def stars_of(response):
 def test_build_indexes_every_image_under_the_folder(built, photo_folder):
     assert len(built) == 12
     assert {r.path for r in built.images} == {str(p) for p in photo_folder.rglob("*.jpg")}
-    assert built.pca_.n_components_ == 11
+    assert built.core.pca_.n_components_ == 11
     assert any("PCA keeps 11 dimensions" in note for note in built.notes)
 
 
@@ -78,14 +78,14 @@ def test_min_rating_filters_visual_and_fallback_results(built, photo_folder):
 
 
 def test_default_threshold_is_calibrated_from_the_collection(built):
-    calibration = built.calibration_
+    calibration = built.core.calibration_
     assert calibration.n_match == 12
     assert calibration.nonmatch_median < built.threshold < calibration.match_median
     assert built.config.threshold is None
 
 
 def test_a_configured_threshold_overrides_calibration(resnet18, photo_folder):
-    collection = Collection.build(photo_folder, resnet18, CollectionConfig(threshold=0.42), progress=False)
+    collection = Collection.build(photo_folder, resnet18, SearchConfig(threshold=0.42), progress=False)
     assert collection.threshold == 0.42
 
 
@@ -102,10 +102,10 @@ def test_add_without_refit_keeps_pca_and_threshold(built, tmp_path):
     extra.mkdir()
     for i in range(20, 23):
         scene(i).save(extra / f"extra-{i}.jpg")
-    before_components, before_threshold = built.pca_.components_.copy(), built.threshold
+    before_components, before_threshold = built.core.pca_.components_.copy(), built.threshold
     report = built.add(extra, progress=False)
-    assert report.added == 3 and len(built) == 15 and built.index_.ntotal == 15
-    assert np.array_equal(built.pca_.components_, before_components) and built.threshold == before_threshold
+    assert report.added == 3 and len(built) == 15 and built.core.index_.ntotal == 15
+    assert np.array_equal(built.core.pca_.components_, before_components) and built.threshold == before_threshold
     assert built.search(extra / "extra-21.jpg", k=1).results[0].path == str(extra / "extra-21.jpg")
     again = built.add(extra, progress=False)
     assert again.added == 0 and again.already_present == 3 and len(built) == 15
@@ -117,7 +117,8 @@ def test_add_with_refit_learns_again_from_everything(built, tmp_path):
     for i in range(30, 40):
         scene(i).save(extra / f"extra-{i}.jpg")
     built.add(extra, refit=True, progress=False)
-    assert built.pca_.n_samples_ == 22 and built.pca_.n_components_ == 21 and built.calibration_.n_match == 22
+    core = built.core
+    assert core.pca_.n_samples_ == 22 and core.pca_.n_components_ == 21 and core.calibration_.n_match == 22
 
 
 def test_one_readable_image_is_a_clear_error(resnet18, tmp_path):
@@ -148,18 +149,11 @@ def test_saving_over_a_folder_is_refused(built, tmp_path):
 
 
 def test_rating_weight_pulls_results_towards_the_query_rating(resnet18, photo_folder):
-    heavy = Collection.build(photo_folder, resnet18, CollectionConfig(rating_weight=10.0), progress=False)
+    heavy = Collection.build(photo_folder, resnet18, SearchConfig(rating_weight=10.0), progress=False)
     response = heavy.search(photo(photo_folder, 0), k=3, query_rating=5, threshold=-1)
     assert stars_of(response)[:2] == [5.0, 4.0]
     pure = Collection.build(photo_folder, resnet18, progress=False)
     assert pure.search(photo(photo_folder, 0), k=1).results[0].path.endswith("scene-00.jpg")
-
-
-def test_exact_index_and_hnsw_agree_on_a_small_collection(resnet18, photo_folder):
-    exact = Collection.build(photo_folder, resnet18, CollectionConfig(index=IndexParams(kind="exact")), progress=False)
-    hnsw = Collection.build(photo_folder, resnet18, progress=False)
-    query = photo(photo_folder, 3)
-    assert [r.path for r in exact.search(query, k=5).results] == [r.path for r in hnsw.search(query, k=5).results]
 
 
 def test_queries_may_be_bytes_or_pil_images(built, photo_folder):
@@ -181,8 +175,8 @@ def test_adding_to_a_copy_leaves_the_original_untouched(built, tmp_path):
     scene(50).save(extra / "extra-50.jpg")
     twin = built.copy()
     twin.add(extra, progress=False)
-    assert len(twin) == 13 and twin.index_.ntotal == 13
-    assert len(built) == 12 and built.index_.ntotal == 12 and len(built.vectors) == 12
+    assert len(twin) == 13 and twin.core.index_.ntotal == 13
+    assert len(built) == 12 and built.core.index_.ntotal == 12 and len(built.core.vectors_) == 12
     query = extra / "extra-50.jpg"
     assert twin.search(query, k=1).results[0].path == str(query)
     assert all(r.path != str(query) for r in built.search(query, k=12).results)
@@ -190,12 +184,39 @@ def test_adding_to_a_copy_leaves_the_original_untouched(built, tmp_path):
 
 def test_copy_with_rating_weight_rebuilds_only_the_index(resnet18, photo_folder, monkeypatch):
     pure = Collection.build(photo_folder, resnet18, progress=False)
-    reference = Collection.build(photo_folder, resnet18, CollectionConfig(rating_weight=10.0), progress=False)
+    reference = Collection.build(photo_folder, resnet18, SearchConfig(rating_weight=10.0), progress=False)
     monkeypatch.setattr("simlib.collection.extract_features", None)  # any feature extraction would fail
     heavy = pure.copy(rating_weight=10.0)
     assert heavy.config.rating_weight == 10.0 and pure.config.rating_weight == 0.0
-    assert heavy.features is pure.features and heavy.index_.d == pure.index_.d + 1
+    assert heavy.features is pure.features and heavy.core.index_.d == pure.core.index_.d + 1
     query = photo(photo_folder, 0)
     assert heavy.search(query, k=3, query_rating=5, threshold=-1).to_dict() == reference.search(
         query, k=3, query_rating=5, threshold=-1
     ).to_dict()
+
+
+def test_a_folder_filter_keeps_results_under_that_folder(built, photo_folder):
+    response = built.search(photo(photo_folder, 4), k=12, under=photo_folder / "sub")
+    assert len(response.results) == 4 and all("/sub/" in r.path for r in response.results)
+    fallback = built.search(photo(photo_folder, 4), k=12, under=photo_folder / "sub", threshold=1.5, query_rating=3)
+    assert fallback.fallback and all("/sub/" in r.path for r in fallback.results)
+    assert built.search(photo(photo_folder, 4), k=3, under=photo_folder / "elsewhere").results == []
+
+
+def test_excluded_ids_never_come_back(built, photo_folder):
+    query = photo(photo_folder, 4)
+    first = built.search(query, k=1).results[0]
+    rest = built.search(query, k=11, exclude=[first.id], threshold=-np.inf)
+    assert len(rest.results) == 11 and first.id not in [r.id for r in rest.results]
+
+
+def test_a_collection_assembled_from_a_core_searches_but_cannot_be_saved_or_refitted(built, photo_folder, tmp_path):
+    core = SearchCore.from_state(built.config, built.core.pca_, built.core.vectors_, built.core.stars_,
+                                 calibration=built.core.calibration_)
+    assembled = Collection(built.backbone, images=built.images, core=core)
+    query = photo(photo_folder, 6)
+    assert assembled.search(query, k=4).to_dict() == built.search(query, k=4).to_dict()
+    with pytest.raises(CollectionError, match="holds no backbone features"):
+        assembled.save(tmp_path / "assembled.simlib")
+    with pytest.raises(CollectionError, match="records for a search core"):
+        Collection(built.backbone, images=built.images[:3], core=core)

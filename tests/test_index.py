@@ -10,6 +10,7 @@ from simlib.index import (
     build_index,
     bytes_per_vector,
     exact_search,
+    flat_storage,
     index_from_bytes,
     index_to_bytes,
     prefer_huge_pages,
@@ -63,9 +64,25 @@ def test_serialisation_round_trip_gives_identical_results(vectors):
     assert bytes_per_vector(index) > 32 * 4
 
 
-def test_builds_are_reproducible(vectors):
-    first, second = build_index(vectors), build_index(vectors)
-    assert np.array_equal(search_index(first, vectors[:100], 10)[1], search_index(second, vectors[:100], 10)[1])
+def test_a_selector_restricts_results_to_the_selected_ids(vectors):
+    index = build_index(vectors, IndexParams(M=16, ef_construction=64))
+    selected = np.zeros(len(vectors), bool)
+    selected[::7] = True
+    bits = np.packbits(selected, bitorder="little")
+    selector = faiss.IDSelectorBitmap(len(vectors), faiss.swig_ptr(bits))
+    _, ids = search_index(index, vectors[:30], 10, 256, selector)
+    assert selected[ids].all()
+    _, exact_ids = search_index(flat_storage(index), vectors[:30], 10, selector=selector)
+    subset = np.flatnonzero(selected)
+    assert np.array_equal(exact_ids, subset[exact_search(vectors[subset], vectors[:30], 10)[1]])
+
+
+def test_exact_search_agrees_with_brute_force_in_numpy(vectors):
+    queries = vectors[:25] + 0.05
+    distances, ids = exact_search(vectors, queries, 5)
+    full = ((queries[:, None, :] - vectors[None]) ** 2).sum(axis=2)
+    assert np.array_equal(ids, np.argsort(full, axis=1)[:, :5])
+    assert np.allclose(distances, np.sort(full, axis=1)[:, :5], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -86,6 +103,10 @@ def test_bad_query_arrays_get_clear_errors(vectors, bad, message):
 def test_invalid_params_are_refused():
     with pytest.raises(ValueError, match="M must be"):
         IndexParams(M=0)
+    with pytest.raises(ValueError, match="ef_search must be within"):
+        IndexParams(ef_search=2**31 - 1)
+    with pytest.raises(ValueError, match="M must be an integer"):
+        IndexParams(M=3.5)
     with pytest.raises(ValueError, match="kind"):
         IndexParams(kind="ivf")
 

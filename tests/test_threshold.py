@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simlib.threshold import EDITS, choose_threshold, edited_copy
+from simlib.index import IndexParams
+from simlib.search_core import SearchConfig, SearchCore
+from simlib.threshold import EDITS, calibrate, calibration_sample, choose_threshold, edited_copy, embed_edited_copies
 
 from .conftest import scene
 
@@ -40,3 +42,33 @@ def test_edits_are_deterministic_and_differ_from_the_original():
 
 def test_edits_survive_tiny_images():
     assert edited_copy(Image.new("RGB", (1, 1)), 0).size == (1, 1)
+
+
+def test_edited_copies_are_labelled_with_their_source_and_unreadable_sources_skipped(resnet18, tmp_path):
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i}.jpg")
+        scene(i, (500, 400)).save(paths[-1])
+    features, origin = embed_edited_copies(resnet18, paths)
+    assert features.shape == (6, 512) and origin.tolist() == [0, 0, 0, 1, 1, 1]
+    one_each, origin = embed_edited_copies(resnet18, [paths[0], tmp_path / "gone.jpg", paths[1]], variants=[2, 0, 1])
+    assert one_each.shape == (2, 512) and origin.tolist() == [0, 2]
+    assert np.allclose(one_each, features[[2, 4]], atol=1e-5)  # edit 2 of image 0, edit 1 of image 1
+
+
+def test_calibration_scores_each_copy_against_its_original_and_the_nearest_other_image():
+    # four images on the unit circle of a 2-d core; copies slightly rotated from their originals
+    angles = np.array([0.0, 0.5, 2.0, 3.0])
+    vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    core = SearchCore.from_state(SearchConfig(pca_dim=None, index=IndexParams("exact")), None, vectors)
+    copies = np.stack([np.cos(angles[:2] + 0.1), np.sin(angles[:2] + 0.1)], axis=1).astype(np.float32)
+    calibration = calibrate(core, copies, np.array([0, 1]))
+    # copy of 0 is 0.1 from its original and 0.4 from image 1; copy of 1 is 0.1 from it and 0.6 from image 0
+    assert calibration.match_median == pytest.approx(np.cos(0.1))
+    assert calibration.nonmatch_median == pytest.approx((np.cos(0.4) + np.cos(0.6)) / 2)
+    assert np.cos(0.4) < calibration.threshold < np.cos(0.1)
+
+
+def test_the_calibration_sample_is_seeded_and_bounded():
+    assert np.array_equal(calibration_sample(1000), calibration_sample(1000))
+    assert len(calibration_sample(1000)) == 60 and calibration_sample(7).tolist() == list(range(7))

@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 from simlib import Collection
 from simlib.archive import MAX_EF, CollectionFileError, check_index_bytes, read_collection
 from simlib.backbones import WeightsMismatchError, load_backbone
-from simlib.collection import CollectionError
+from simlib.manifest import read_manifest
 from simlib.index import IndexParams, build_index, index_to_bytes
 
 from ..conftest import scene
 
-MEMBERS = ["features.npy", "vectors.npy", "pca_mean.npy", "pca_components.npy", "pca_explained_variance.npy",
+MEMBERS = ["features.npy", "vectors.npy", "stars.npy", "pca_mean.npy", "pca_components.npy", "pca_explained_variance.npy",
            "pca_explained_variance_ratio.npy", "pca_settings.npy", "index.faiss"]
 
 
@@ -168,28 +168,33 @@ def test_a_compressed_member_is_refused_unread_so_a_zip_bomb_cannot_inflate(save
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda m: m.__setitem__("images", "not a list"), "malformed manifest or arrays"),
-        (lambda m: m["images"][0].pop("rating_values"), "malformed manifest or arrays"),
-        (lambda m: m["config"].__setitem__("threshold", "high"), "malformed manifest or arrays"),
-        (lambda m: m["images"][0].__setitem__("rating", "five"), "malformed manifest or arrays"),
-        (lambda m: m.__setitem__("calibration", None), "malformed manifest or arrays"),
-        (lambda m: m["config"]["index"].__setitem__("ef_search", 2**31 - 1), "HNSW settings .* beyond any real use"),
+        (lambda m: m.__setitem__("images", "not a list"), "malformed manifest .*expected a list"),
+        (lambda m: m["images"][0].pop("rating_values"), "malformed manifest .*'rating_values' is missing"),
+        (lambda m: m["config"].__setitem__("threshold", "high"), "malformed manifest .*threshold must be a number"),
+        (lambda m: m["images"][0].__setitem__("rating", "five"), "malformed manifest .*expected a number"),
+        (lambda m: m.__setitem__("calibration", None), "malformed manifest .*expected an object"),
+        (lambda m: m["config"]["index"].__setitem__("ef_search", 2**31 - 1), "ef_search must be within 1..1048576"),
         (lambda m: m.__setitem__("backbone", {"name": "resnet18"}), "the backbone name and weights checksum are missing"),
+        (lambda m: m["images"].pop(), "inconsistent collection: 5 image records for a search core of 6"),
+        (lambda m: m["images"][0].__setitem__("rating", 4), "the ratings array disagrees with the image records"),
     ],
     ids=["images-not-a-list", "record-missing-field", "threshold-not-a-number", "rating-not-a-number",
-         "calibration-null", "ef-search-2^31", "backbone-without-checksum"],
+         "calibration-null", "ef-search-2^31", "backbone-without-checksum", "a-record-too-few", "rating-changed"],
 )
 def test_a_malformed_manifest_is_refused_with_a_clear_message(change, message, saved, tmp_path, resnet18):
     forged = forge(saved, tmp_path / "malformed.simlib", manifest=change)
-    with pytest.raises(CollectionError, match=message):
+    with pytest.raises(CollectionFileError, match=message):
         Collection.load(forged, resnet18)
+    if "inconsistent" not in message and "disagrees" not in message:  # the manifest alone shows these
+        with pytest.raises(CollectionFileError, match=message):
+            read_manifest(forged)  # what `simlib info` and the app read
 
 
 def test_arrays_of_the_wrong_type_are_refused(saved, tmp_path, resnet18):
     buffer = io.BytesIO()
     np.save(buffer, np.full((6, 512), "x"))
     forged = forge(saved, tmp_path / "strings.simlib", {"features.npy": buffer.getvalue()})
-    with pytest.raises(CollectionError, match="features and vectors must be float32"):
+    with pytest.raises(CollectionFileError, match="inconsistent collection: features must be float32"):
         Collection.load(forged, resnet18)
 
 

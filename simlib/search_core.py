@@ -1,0 +1,426 @@
+"""The search core: backbone features in, ranked ids, visual similarities and the rule that chose them out.
+
+It holds what search needs and nothing about files: the fitted PCA, the reduced vectors, each image's star rating
+as an array, the FAISS index, the rating weight and the match threshold (the result of `simlib.threshold`'s
+calibration). It is built from arrays and saved as arrays; `simlib.collection.Collection` adds image records and a
+backbone around it, and evaluation, tuning, benchmarks, notebooks and the app all search through it.
+
+The rule: the visual rule returns the k nearest images; when the best visual similarity among them is below the
+match threshold, the rating rule returns instead the k images whose rating is closest to the query's (for an
+unrated query the highest rated), ties broken by visual similarity. Rejected images (-1) are candidates of the
+rating rule only for a rejected query. Filters (minimum rating, an allowed subset such as a folder) apply to both
+rules and run inside FAISS: a graph search with a selector over a bitmap of allowed ids, or an exact search over
+them when that costs less (`_exact_is_cheaper`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import faiss
+import numpy as np
+
+from .index import (
+    MAX_EF,
+    IndexParams,
+    add_vectors,
+    build_index,
+    check_vectors,
+    flat_storage,
+    search_checked,
+    with_rating,
+)
+from .ratings import REJECTED
+from .reduce import PCA, normalize_rows
+from .threshold import Calibration
+
+# A graph search with a filter keeps only allowed nodes as results; with a small allowed share it stops before it
+# has met enough of them and misses neighbours (recall@10 at efSearch 128 on 100k vectors: 0.96 with 10% allowed,
+# 0.74 with 2%). Its beam is therefore widened to hold about FILTER_BEAM allowed nodes, FILTER_BEAM / share
+# (recall@10 0.98 or more at every share benchmarks/filters.py measures on 100k vectors).
+FILTER_BEAM = 32
+# Cost of the two paths in distance computations: a graph search computes about 2M distances per beam slot; an
+# exact search over a bitmap tests one bit per vector (about a sixteenth of a distance) plus one distance per
+# allowed vector. The cheaper path is taken.
+BIT_TEST_COST = 1 / 16
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything that shapes a search core besides the features: PCA size (None: the raw features, L2-normalised),
+    whitening, index, rating weight, and a fixed match threshold (None: the calibrated one)."""
+
+    pca_dim: int | None = 128
+    whiten: bool = False
+    index: IndexParams = IndexParams()
+    rating_weight: float = 0.0  # weight of the appended rating coordinate; 0 = pure visual search
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.pca_dim is not None and (isinstance(self.pca_dim, bool) or not isinstance(self.pca_dim, int)
+                                         or self.pca_dim < 1):
+            raise ValueError(f"pca_dim must be an integer >= 1 or None, got {self.pca_dim!r}")
+        if not isinstance(self.whiten, bool):
+            raise ValueError(f"whiten must be true or false, got {self.whiten!r}")
+        if not isinstance(self.index, IndexParams):
+            raise ValueError(f"index must be IndexParams, got {type(self.index).__name__}")
+        if not _real(self.rating_weight) or not 0 <= self.rating_weight < math.inf:
+            raise ValueError(f"rating_weight must be a finite number >= 0, got {self.rating_weight!r}")
+        if self.threshold is not None and (not _real(self.threshold) or math.isnan(self.threshold)):
+            raise ValueError(f"threshold must be a number, got {self.threshold!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchConfig":
+        """The config `to_dict` wrote; ValueError for anything else (the data may come from an untrusted file)."""
+        if not isinstance(data, dict) or not isinstance(data.get("index"), dict):
+            raise ValueError("the search configuration is not an object with an index object")
+        try:
+            return cls(**{**data, "index": IndexParams(**data["index"])})
+        except TypeError as exc:
+            raise ValueError(f"the search configuration has unexpected fields ({exc})") from None
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+@dataclass
+class Hits:
+    """What a batch of queries found. Row i is query i; missing results (filters, a small collection) are -1."""
+
+    ids: np.ndarray  # (nq, k) int64, ranked
+    similarities: np.ndarray  # (nq, k) float32 cosine similarity of the reduced vectors (NaN where id is -1)
+    best: np.ndarray  # (nq,) best visual similarity among the visual rule's results (-inf when it found none)
+    fallback: np.ndarray  # (nq,) True where the rating rule answered
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def found(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and similarities of query i's results, without the -1 padding."""
+        keep = self.ids[i] >= 0
+        return self.ids[i][keep], self.similarities[i][keep]
+
+
+class Selection:
+    """Allowed ids: a bool mask, its size, and a FAISS selector over the packed bitmap (kept alive with it). Made
+    by `SearchCore.selection`; a caller that filters many queries the same way makes it once and passes it as
+    `allowed`, so no query pays for packing the mask."""
+
+    def __init__(self, mask: np.ndarray):
+        self.mask = mask
+        self.count = int(np.count_nonzero(mask))
+        self._bits = np.packbits(mask, bitorder="little")
+        self.selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(self._bits))
+
+
+class SearchCore:
+    """Reduced vectors, ratings and a FAISS index, searched with the visual rule and the rating fallback.
+
+    >>> core = SearchCore(SearchConfig(pca_dim=64)).fit(features, stars)        # doctest: +SKIP
+    >>> hits = core.search(query_features, k=10, threshold=0.8)                 # doctest: +SKIP
+    """
+
+    def __init__(self, config: SearchConfig = SearchConfig()):
+        self.config = config
+
+    # ---------------------------------------------------------------- building
+
+    def fit(self, features: np.ndarray, stars: np.ndarray | None = None, *, pca: PCA | None = None) -> "SearchCore":
+        """Learn the PCA from `features` (n, dim) (or use `pca`, fitted elsewhere), reduce them and index them.
+        `stars` (n,): each image's rating, NaN for unrated, -1 for rejected."""
+        features = check_vectors(features, name="features")
+        if pca is None and self.config.pca_dim is not None:
+            pca = PCA(self.config.pca_dim, whiten=self.config.whiten).fit(features)
+        self.pca_ = pca
+        vectors = self.transform(features)
+        return self._assemble(vectors, _stars(stars, len(vectors)), None, None)
+
+    @classmethod
+    def from_state(
+        cls,
+        config: SearchConfig,
+        pca: PCA | None,
+        vectors: np.ndarray,
+        stars: np.ndarray | None = None,
+        index: faiss.Index | None = None,
+        calibration: Calibration | None = None,
+    ) -> "SearchCore":
+        """A core from what `to_arrays` saved (or vectors already reduced with `pca`); the index is built from the
+        vectors when not given. Shapes are checked against each other."""
+        core = cls(config)
+        core.pca_ = pca
+        vectors = check_vectors(vectors, None if pca is None else pca.n_components_, "vectors")
+        return core._assemble(vectors, _stars(stars, len(vectors)), index, calibration)
+
+    def _assemble(self, vectors, stars, index, calibration) -> "SearchCore":
+        self.vectors_ = vectors
+        self.stars_ = stars
+        width = vectors.shape[1] + (self.config.rating_weight > 0)
+        if index is None:
+            index = build_index(with_rating(vectors, stars, self.config.rating_weight), self.config.index)
+        elif (index.ntotal, index.d) != (len(vectors), width):
+            raise ValueError(f"the index holds {index.ntotal} vectors of {index.d} dimensions, the core "
+                             f"{len(vectors)} of {width}")
+        self.index_ = index
+        self.calibration_ = calibration
+        self._forget()
+        return self
+
+    def add(self, features: np.ndarray, stars: np.ndarray | None = None) -> np.ndarray:
+        """Reduce and index more features with the fitted PCA; returns their ids."""
+        return self.add_vectors(self.transform(features), stars)
+
+    def add_vectors(self, vectors: np.ndarray, stars: np.ndarray | None = None) -> np.ndarray:
+        """Index vectors already reduced (and normalised) as `transform` reduces; returns their ids."""
+        vectors = check_vectors(vectors, self.dim, "vectors")
+        stars = _stars(stars, len(vectors))
+        first = len(self)
+        add_vectors(self.index_, with_rating(vectors, stars, self.config.rating_weight))
+        self.vectors_ = np.concatenate([self.vectors_, vectors])
+        self.stars_ = np.concatenate([self.stars_, stars])
+        self._forget()
+        return np.arange(first, len(self), dtype=np.int64)
+
+    def set_calibration(self, calibration: Calibration) -> "SearchCore":
+        """Hold the match threshold `simlib.threshold.calibrate` chose for this core."""
+        self.calibration_ = calibration
+        return self
+
+    def with_rating_weight(self, rating_weight: float) -> "SearchCore":
+        """A core over the same vectors and ratings with another rating weight: only the index is rebuilt."""
+        return self._rebuilt(replace(self.config, rating_weight=float(rating_weight)))
+
+    def with_index(self, params: IndexParams) -> "SearchCore":
+        """A core over the same vectors and ratings with another index (e.g. exact, for ground truth)."""
+        return self._rebuilt(replace(self.config, index=params))
+
+    def copy(self) -> "SearchCore":
+        """An independent core: adding to it leaves this one unchanged (arrays are shared until then)."""
+        return self._rebuilt(self.config)
+
+    def _rebuilt(self, config: SearchConfig) -> "SearchCore":
+        index = faiss.clone_index(self.index_) if config == self.config else None
+        return SearchCore.from_state(config, self.pca_, self.vectors_, self.stars_, index, self.calibration_)
+
+    def _forget(self) -> None:
+        self._subsets: dict = {}  # cached selections, valid until the vectors or ratings change
+
+    # ---------------------------------------------------------------- properties
+
+    def __len__(self) -> int:
+        return len(self.vectors_)
+
+    @property
+    def dim(self) -> int:
+        """Width of the reduced vectors (without the rating coordinate)."""
+        return self.vectors_.shape[1]
+
+    @property
+    def threshold(self) -> float:
+        """The match threshold in use: the configured one, else the calibrated one."""
+        if self.config.threshold is not None:
+            return float(self.config.threshold)
+        if self.calibration_ is None:
+            raise ValueError("the search core has no match threshold: calibrate it or configure one")
+        return float(self.calibration_.threshold)
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        """Backbone features (n, dim) -> the core's L2-normalised vectors (n, self.dim)."""
+        features = np.asarray(features) if not hasattr(features, "ndim") else features
+        if features.ndim != 2:
+            raise ValueError(f"features must be 2-D (n, dim), got shape {features.shape}")
+        reduced = features if self.pca_ is None else self.pca_.transform(features)
+        return normalize_rows(reduced)
+
+    # ---------------------------------------------------------------- searching
+
+    def search(self, features: np.ndarray, k: int = 10, **options) -> Hits:
+        """Search with backbone features (nq, dim); options as for `search_vectors`."""
+        return self.search_vectors(self.transform(features), k, **options)
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        *,
+        threshold: float | None = None,
+        ef_search: int | None = None,
+        min_rating: float | None = None,
+        allowed: np.ndarray | None = None,
+        query_stars: np.ndarray | float | None = None,
+    ) -> Hits:
+        """The k results for each query vector (nq, self.dim), already reduced and normalised.
+
+        `threshold` overrides the core's (-inf: always the visual rule, +inf: always the rating rule). `min_rating`
+        keeps images rated at least that (unrated ones are left out); `allowed`, an (n,) bool mask or a
+        `selection` of one, keeps only those ids.
+        `query_stars` (nq,) or one value: the queries' ratings (NaN: unrated).
+        """
+        vectors = check_vectors(vectors, self.dim, "queries")
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        threshold = self.threshold if threshold is None else float(threshold)
+        if math.isnan(threshold):
+            raise ValueError("threshold must be a number, got NaN")
+        q_stars = _query_stars(query_stars, len(vectors))
+        subset = self._filter(min_rating, allowed)
+        ids = self._nearest(vectors, q_stars, min(k, len(self)), subset, ef_search)
+        similarities = self._similarities(vectors, ids)
+        with np.errstate(invalid="ignore"):
+            best = np.where(ids >= 0, similarities, -np.inf).max(axis=1, initial=-np.inf)
+        fallback = ~(best >= threshold)
+        for i in np.flatnonzero(fallback):
+            ids[i] = self._by_rating(vectors[i], q_stars[i], ids.shape[1], min_rating, subset, ef_search)
+            similarities[i] = self._similarities(vectors[i : i + 1], ids[i : i + 1])[0]
+        return Hits(ids, similarities, best.astype(np.float32), fallback)
+
+    def _nearest(self, vectors, q_stars, k, subset: Selection | None, ef_search) -> np.ndarray:
+        """Ids (nq, k) nearest in index space among `subset` (None: all), -1 where fewer exist."""
+        queries = with_rating(vectors, q_stars, self.config.rating_weight)
+        if subset is None:
+            return search_checked(self.index_, queries, k, ef_search)[1]
+        if subset.count == 0:
+            return np.full((len(vectors), k), -1, dtype=np.int64)
+        ef = self.config.index.ef_search if ef_search is None else int(ef_search)
+        ef = max(ef, k, math.ceil(FILTER_BEAM * len(self) / subset.count))
+        if subset.count <= k or self._exact_is_cheaper(subset.count, ef):
+            return search_checked(flat_storage(self.index_), queries, k, None, subset.selector)[1]
+        ids = search_checked(self.index_, queries, k, min(ef, MAX_EF), subset.selector)[1]
+        # a selective filter can leave the graph search short of k: those queries are answered exactly
+        short = np.flatnonzero((ids >= 0).sum(axis=1) < min(k, subset.count))
+        if len(short):
+            ids[short] = search_checked(flat_storage(self.index_), queries[short], k, None, subset.selector)[1]
+        return ids
+
+    def _exact_is_cheaper(self, allowed: int, ef: int) -> bool:
+        if not isinstance(self.index_, faiss.IndexHNSW):
+            return True
+        return len(self) * BIT_TEST_COST + allowed <= ef * 2 * self.config.index.M
+
+    def _similarities(self, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        # in float64, so that the float32 result does not depend on how the arrays happen to be aligned in memory
+        # (a loaded collection must give the very numbers the saved one gave)
+        gathered = self.vectors_[np.clip(ids, 0, None)].astype(np.float64)
+        similarities = np.einsum("qkd,qd->qk", gathered, vectors.astype(np.float64))
+        return np.where(ids >= 0, similarities, np.float32(np.nan)).astype(np.float32)
+
+    def _by_rating(self, vector, stars: float, k: int, min_rating, subset: Selection | None, ef_search) -> np.ndarray:
+        """The rating rule for one query: tiers of ratings, closest to the query's first (highest first when it is
+        unrated); within a tier (ratings equally close), nearest first."""
+        found = []
+        for values in _tiers(self._rating_values(), stars):
+            tier = self._tier(values, min_rating, subset)
+            if tier.count == 0:
+                continue
+            ids = self._nearest(vector[None], np.array([stars]), min(k - len(found), tier.count), tier, ef_search)[0]
+            found.extend(ids[ids >= 0].tolist())
+            if len(found) >= k:
+                break
+        return np.array(found + [-1] * (k - len(found)), dtype=np.int64)
+
+    # ---------------------------------------------------------------- subsets
+
+    def _filter(self, min_rating, allowed) -> Selection | None:
+        if min_rating is None and allowed is None:
+            return None
+        if allowed is None:
+            return self._cached(("min_rating", float(min_rating)), lambda: self._rating_mask(min_rating))
+        selection = allowed if isinstance(allowed, Selection) else self.selection(allowed)
+        if len(selection.mask) != len(self):
+            raise ValueError(f"the selection covers {len(selection.mask)} ids, the core holds {len(self)}")
+        if min_rating is None:
+            return selection
+        return Selection(selection.mask & self._cached(("min_rating", float(min_rating)),
+                                                       lambda: self._rating_mask(min_rating)).mask)
+
+    def selection(self, allowed: np.ndarray) -> Selection:
+        """The ids an (n,) bool mask allows, ready to filter searches (`allowed=`)."""
+        return Selection(self._mask(allowed))
+
+    def _tier(self, values: tuple[float, ...], min_rating, subset: Selection | None) -> Selection:
+        own = self._cached(("tier", values, None if min_rating is None else float(min_rating)),
+                           lambda: np.isin(self.stars_, values) & self._rating_mask(min_rating))
+        cached_filter = subset is None or (min_rating is not None and subset is self._subsets.get(
+            ("min_rating", float(min_rating))))
+        return own if cached_filter else Selection(own.mask & subset.mask)
+
+    def _rating_mask(self, min_rating) -> np.ndarray:
+        if min_rating is None:
+            return np.ones(len(self), dtype=bool)
+        with np.errstate(invalid="ignore"):
+            return self.stars_ >= float(min_rating)
+
+    def _rating_values(self) -> np.ndarray:
+        return self._cached("values", lambda: np.unique(self.stars_[~np.isnan(self.stars_)]), subset=False)
+
+    def _cached(self, key, make, subset: bool = True):
+        if key not in self._subsets:
+            made = make()
+            self._subsets[key] = Selection(made) if subset else made
+        return self._subsets[key]
+
+    def _mask(self, allowed) -> np.ndarray:
+        mask = np.asarray(allowed)
+        if mask.dtype != bool or mask.shape != (len(self),):
+            raise ValueError(f"allowed must be a bool array of shape ({len(self)},), got {mask.dtype} {mask.shape}")
+        return mask
+
+    # ---------------------------------------------------------------- saving
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The learned state as plain arrays (vectors, stars, PCA); the FAISS index is saved beside them."""
+        arrays = {"vectors": self.vectors_, "stars": self.stars_}
+        if self.pca_ is not None:
+            arrays.update({f"pca_{k}": v for k, v in self.pca_.to_arrays().items()})
+        return arrays
+
+    @classmethod
+    def from_arrays(
+        cls, config: SearchConfig, arrays: dict[str, np.ndarray], index: faiss.Index, calibration: Calibration | None
+    ) -> "SearchCore":
+        """The core `to_arrays` (and the index) saved; ValueError when the arrays do not fit together."""
+        pca_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("pca_")}
+        pca = PCA.from_arrays(pca_arrays) if pca_arrays else None
+        if (pca is None) != (config.pca_dim is None):
+            raise ValueError("the PCA arrays do not match the configuration")
+        for name, dtype in (("vectors", np.float32), ("stars", np.float64)):
+            if arrays[name].dtype != dtype:
+                raise ValueError(f"{name} must be {np.dtype(dtype).name}, got {arrays[name].dtype}")
+        return cls.from_state(config, pca, arrays["vectors"], arrays["stars"], index, calibration)
+
+
+def _stars(stars, n: int) -> np.ndarray:
+    """Ratings as float64 (n,): NaN for unrated, -1 for rejected, else 0..5."""
+    if stars is None:
+        return np.full(n, np.nan)
+    stars = np.asarray(stars, dtype=np.float64)
+    if stars.shape != (n,):
+        raise ValueError(f"stars must have shape ({n},), got {stars.shape}")
+    rated = stars[~np.isnan(stars)]
+    if not np.all((rated == REJECTED) | ((rated >= 0) & (rated <= 5))):
+        raise ValueError("stars must be NaN (unrated), -1 (rejected) or within 0..5")
+    return stars
+
+
+def _query_stars(query_stars, nq: int) -> np.ndarray:
+    if query_stars is None:
+        return np.full(nq, np.nan)
+    values = np.broadcast_to(np.asarray(query_stars, dtype=np.float64), (nq,))
+    return _stars(np.array(values), nq)
+
+
+def _tiers(values: np.ndarray, stars: float) -> list[tuple[float, ...]]:
+    """Rating values grouped in the order the rating rule takes them. Rejected images (-1) only for a rejected
+    query; unrated query: highest first; rated: closest first, equally close values in one tier."""
+    if not (stars == REJECTED):
+        values = values[values != REJECTED]
+    if math.isnan(stars):
+        return [(float(v),) for v in values[::-1]]
+    gaps = np.abs(values - stars)
+    return [tuple(float(v) for v in values[gaps == gap]) for gap in np.unique(gaps)]

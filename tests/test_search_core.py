@@ -1,0 +1,311 @@
+"""The search core on random vectors: the visual rule against exact search, the rating rule against a brute-force
+reference, filters inside FAISS against exact search over the allowed ids, derivation and saving."""
+
+import faiss
+import numpy as np
+import pytest
+
+import simlib.search_core as search_core
+from simlib.index import IndexParams, exact_search
+from simlib.ratings import REJECTED
+from simlib.reduce import normalize_rows
+from simlib.search_core import SearchConfig, SearchCore
+from simlib.threshold import Calibration
+
+EXACT = IndexParams("exact")
+STAR_CHOICES = np.array([np.nan, REJECTED, 0, 1, 2, 2.5, 3, 4, 5])
+
+
+def clustered_features(n, dim=48, seed=0):
+    """Features with structure (clusters on a decaying spectrum), as CNN features have."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(2, n // 20), dim)) * np.geomspace(3, 0.3, dim)
+    points = centres[rng.integers(0, len(centres), n)] + 0.5 * rng.standard_normal((n, dim))
+    return normalize_rows(points)
+
+
+def random_stars(n, seed=0):
+    return np.random.default_rng(seed).choice(STAR_CHOICES, n)
+
+
+@pytest.fixture(scope="module")
+def features():
+    return clustered_features(5000)
+
+
+@pytest.fixture(scope="module")
+def stars():
+    return random_stars(5000)
+
+
+@pytest.fixture(scope="module")
+def hnsw(features, stars):
+    return SearchCore(SearchConfig(pca_dim=32, index=IndexParams(M=8, ef_construction=64, ef_search=64))).fit(
+        features, stars)
+
+
+@pytest.fixture(scope="module")
+def exact(hnsw):
+    return hnsw.with_index(EXACT)
+
+
+@pytest.fixture(scope="module")
+def queries(features):
+    rng = np.random.default_rng(7)
+    return normalize_rows(features[:200] + 0.2 * rng.standard_normal(features[:200].shape))
+
+
+def recall(found, truth):
+    return np.mean([len(set(a[a >= 0]) & set(t)) / len(t) for a, t in zip(found, truth)])
+
+
+# ------------------------------------------------------------------ building
+
+
+def test_fit_reduces_normalises_and_indexes_every_vector(hnsw, features):
+    assert len(hnsw) == 5000 and hnsw.dim == 32 and hnsw.index_.ntotal == 5000
+    assert np.allclose(np.linalg.norm(hnsw.vectors_, axis=1), 1, atol=1e-5)
+    assert np.allclose(hnsw.transform(features[:10]), hnsw.vectors_[:10], atol=1e-6)
+
+
+def test_without_pca_the_raw_features_are_searched(features):
+    core = SearchCore(SearchConfig(pca_dim=None, index=EXACT)).fit(features[:300])
+    assert core.pca_ is None and core.dim == 48
+    assert core.search(features[:5], 1, threshold=-np.inf).ids[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------ the visual rule
+
+
+def test_hnsw_finds_nearly_all_exact_neighbours_at_a_size_where_the_graph_is_sparse(hnsw, exact, queries):
+    truth = exact.search(queries, 10, threshold=-np.inf).ids
+    assert recall(hnsw.search(queries, 10, threshold=-np.inf).ids, truth) >= 0.95
+    # the control: the same graph searched with the narrowest beam misses neighbours, so the floor above can fail
+    assert recall(hnsw.search(queries, 10, threshold=-np.inf, ef_search=10).ids, truth) < 0.95
+
+
+def test_visual_similarities_are_cosines_of_the_reduced_vectors(hnsw, queries):
+    hits = hnsw.search(queries[:20], 5, threshold=-np.inf)
+    vectors = hnsw.transform(queries[:20])
+    expected = np.einsum("qkd,qd->qk", hnsw.vectors_[hits.ids], vectors)
+    assert np.allclose(hits.similarities, expected, atol=1e-5)
+    assert np.all(np.diff(hits.similarities, axis=1) <= 1e-6)  # ranked, nearest first
+    assert np.allclose(hits.best, hits.similarities.max(axis=1)) and not hits.fallback.any()
+
+
+def test_the_threshold_decides_per_query_which_rule_answers(exact, queries):
+    best = exact.search(queries[:50], 5, threshold=-np.inf).best
+    cut = float(np.median(best))
+    hits = exact.search(queries[:50], 5, threshold=cut)
+    assert hits.fallback.tolist() == (best < cut).tolist()
+
+
+def test_a_nan_threshold_is_refused(exact, queries):
+    with pytest.raises(ValueError, match="NaN"):
+        exact.search(queries[:1], 5, threshold=float("nan"))
+
+
+def test_a_core_without_calibration_or_configured_threshold_says_so(exact, queries):
+    with pytest.raises(ValueError, match="no match threshold"):
+        exact.search(queries[:1], 5)
+    configured = SearchCore.from_state(SearchConfig(pca_dim=None, index=EXACT, threshold=0.5), None, exact.vectors_)
+    assert configured.threshold == 0.5
+    calibrated = exact.copy().set_calibration(Calibration(0.7, 1, 1, 0.9, 0.1, 0.0, 0.0))
+    assert calibrated.threshold == 0.7
+
+
+# ------------------------------------------------------------------ the rating rule
+
+
+def reference_fallback(core, vector, query_stars, k, allowed=None):
+    """The rating rule written out by brute force: every usable image sorted by rating gap, then similarity."""
+    stars = core.stars_
+    usable = ~np.isnan(stars)
+    if query_stars != REJECTED:
+        usable &= stars != REJECTED
+    if allowed is not None:
+        usable &= allowed
+    ids = np.flatnonzero(usable)
+    similarity = core.vectors_[ids] @ vector
+    first = -stars[ids] if np.isnan(query_stars) else np.abs(stars[ids] - query_stars)
+    return ids[np.lexsort((-similarity, first))][:k]
+
+
+@pytest.mark.parametrize("query_stars", [3.0, 0.0, 5.0, 2.5, REJECTED, np.nan])
+def test_the_rating_rule_orders_by_rating_gap_then_similarity(exact, queries, query_stars):
+    vectors = exact.transform(queries[:10])
+    hits = exact.search_vectors(vectors, 12, threshold=np.inf, query_stars=query_stars)
+    assert hits.fallback.all()
+    for i, vector in enumerate(vectors):
+        assert hits.ids[i].tolist() == reference_fallback(exact, vector, query_stars, 12).tolist()
+
+
+def test_rejected_images_are_fallback_candidates_only_for_a_rejected_query(exact, queries):
+    everything = len(exact)  # every tier exhausted
+    rated = exact.search(queries[:2], everything, threshold=np.inf, query_stars=0).ids
+    usable = np.isfinite(exact.stars_) & (exact.stars_ != REJECTED)
+    assert sorted(rated[0][rated[0] >= 0]) == np.flatnonzero(usable).tolist()
+    rejected = exact.search(queries[:2], 40, threshold=np.inf, query_stars=REJECTED).ids
+    assert (exact.stars_[rejected] == REJECTED).all()
+
+
+def test_hnsw_fallback_keeps_the_rating_order_and_nearly_the_similarity_order(hnsw, exact, queries):
+    approximate = hnsw.search(queries[:50], 10, threshold=np.inf, query_stars=4).ids
+    reference = exact.search(queries[:50], 10, threshold=np.inf, query_stars=4).ids
+    assert (hnsw.stars_[approximate] == exact.stars_[reference]).all()  # the same rating tier at every rank
+    # a tier (here 1 image in 9) is searched through the sparse M=8 graph with a filter; in random order the
+    # overlap would be about 10 / 555
+    assert recall(approximate, reference) >= 0.8
+
+
+def test_the_rating_rule_with_nothing_rated_finds_nothing(features):
+    core = SearchCore(SearchConfig(pca_dim=None, index=EXACT)).fit(features[:50])
+    hits = core.search(features[:2], 5, threshold=np.inf, query_stars=3)
+    assert hits.fallback.all() and (hits.ids == -1).all() and np.isnan(hits.similarities).all()
+
+
+# ------------------------------------------------------------------ filters inside FAISS
+
+
+@pytest.mark.parametrize("min_rating", [0, 3, 4.5])
+def test_min_rating_returns_exact_search_over_the_images_it_allows(hnsw, queries, min_rating):
+    allowed = hnsw.stars_ >= min_rating
+    hits = hnsw.search(queries[:50], 10, threshold=-np.inf, min_rating=min_rating)
+    ids = np.flatnonzero(allowed)
+    _, truth = exact_search(hnsw.vectors_[ids], hnsw.transform(queries[:50]), 10)
+    assert np.isin(hits.ids, ids).all() and (hits.ids >= 0).all()
+    assert recall(hits.ids, ids[truth]) >= 0.95
+
+
+def test_min_rating_filters_the_rating_rule_too(exact, queries):
+    vectors = exact.transform(queries[:10])
+    hits = exact.search_vectors(vectors, 15, threshold=np.inf, query_stars=1, min_rating=3)
+    allowed = exact.stars_ >= 3
+    for i, vector in enumerate(vectors):
+        assert hits.ids[i].tolist() == reference_fallback(exact, vector, 1, 15, allowed).tolist()
+
+
+def test_a_filter_allowing_fewer_than_k_returns_those_and_pads(hnsw, queries):
+    allowed = np.zeros(len(hnsw), bool)
+    allowed[[3, 99, 4000]] = True
+    hits = hnsw.search(queries[:4], 10, threshold=-np.inf, allowed=allowed)
+    assert (np.sort(hits.ids[:, :3], axis=1) == [3, 99, 4000]).all() and (hits.ids[:, 3:] == -1).all()
+    none = hnsw.search(queries[:2], 5, threshold=0.0, allowed=np.zeros(len(hnsw), bool))
+    assert (none.ids == -1).all() and np.isneginf(none.best).all() and none.fallback.all()
+
+
+@pytest.mark.parametrize("threshold", [-np.inf, np.inf])
+def test_an_allowed_subset_and_a_minimum_rating_apply_together(hnsw, queries, threshold):
+    allowed = np.arange(len(hnsw)) % 3 == 0
+    hits = hnsw.search(queries[:20], 10, threshold=threshold, allowed=allowed, min_rating=4, query_stars=2)
+    assert (hits.ids >= 0).all() and allowed[hits.ids].all() and (hnsw.stars_[hits.ids] >= 4).all()
+
+
+def test_a_malformed_allowed_mask_is_refused(hnsw, queries):
+    with pytest.raises(ValueError, match="bool array of shape"):
+        hnsw.search(queries[:1], 5, threshold=-np.inf, allowed=np.ones(10, bool))
+
+
+@pytest.fixture(scope="module")
+def large():
+    """100,000 vectors in an HNSW graph: large enough that a 1% filter is selective."""
+    features = clustered_features(100_000, dim=32, seed=3)
+    config = SearchConfig(pca_dim=None, index=IndexParams(M=16, ef_construction=40, ef_search=64))
+    return SearchCore.from_state(config, None, features, random_stars(100_000, seed=3))
+
+
+@pytest.mark.slow
+def test_a_one_percent_filter_at_100k_vectors_equals_exact_search_over_the_allowed_ids(large):
+    rng = np.random.default_rng(4)
+    allowed = np.zeros(len(large), bool)
+    allowed[rng.choice(len(large), 1000, replace=False)] = True
+    queries = normalize_rows(large.vectors_[:100] + 0.1 * rng.standard_normal((100, 32)))
+    hits = large.search_vectors(queries, 10, threshold=-np.inf, allowed=allowed)
+    ids = np.flatnonzero(allowed)
+    _, truth = exact_search(large.vectors_[ids], queries, 10)
+    assert np.array_equal(hits.ids, ids[truth])
+
+
+@pytest.mark.slow
+def test_filtered_hnsw_search_keeps_its_recall_and_never_returns_short(large, monkeypatch):
+    monkeypatch.setattr(search_core.SearchCore, "_exact_is_cheaper", lambda *_: False)  # the graph at every share
+    rng = np.random.default_rng(5)
+    queries = normalize_rows(large.vectors_[:100] + 0.1 * rng.standard_normal((100, 32)))
+    unfiltered = recall(large.search_vectors(queries, 10, threshold=-np.inf).ids, exact_search(large.vectors_,
+                                                                                            queries, 10)[1])
+    for share in (0.02, 0.05, 0.1, 0.3):
+        allowed = rng.random(len(large)) < share
+        hits = large.search_vectors(queries, 10, threshold=-np.inf, allowed=allowed)
+        ids = np.flatnonzero(allowed)
+        _, truth = exact_search(large.vectors_[ids], queries, 10)
+        assert (hits.ids >= 0).all() and allowed[hits.ids].all()
+        assert recall(hits.ids, ids[truth]) >= unfiltered - 0.03  # the beam is widened for small shares
+
+
+# ------------------------------------------------------------------ deriving and saving
+
+
+def test_another_rating_weight_rebuilds_only_the_index_and_matches_a_fresh_fit(features, stars, queries):
+    config = SearchConfig(pca_dim=16, index=EXACT)
+    pure = SearchCore(config).fit(features[:1000], stars[:1000])
+    heavy = pure.with_rating_weight(3.0)
+    fresh = SearchCore(SearchConfig(pca_dim=16, index=EXACT, rating_weight=3.0)).fit(features[:1000], stars[:1000])
+    assert heavy.vectors_ is pure.vectors_ and heavy.index_.d == pure.index_.d + 1
+    a = heavy.search(queries[:20], 10, threshold=-np.inf, query_stars=5)
+    b = fresh.search(queries[:20], 10, threshold=-np.inf, query_stars=5)
+    assert np.array_equal(a.ids, b.ids)
+    plain = pure.search(queries[:20], 10, threshold=-np.inf, query_stars=5)
+    assert not np.array_equal(a.ids, plain.ids)  # the weight moves results towards 5 stars
+    assert np.nanmean(heavy.stars_[a.ids]) > np.nanmean(pure.stars_[plain.ids])
+
+
+def test_adding_keeps_ids_and_searches_the_new_vectors(features, stars):
+    core = SearchCore(SearchConfig(pca_dim=16, index=IndexParams(M=8))).fit(features[:2000], stars[:2000])
+    copy = core.copy()
+    ids = copy.add(features[2000:2100], stars[2000:2100])
+    assert ids.tolist() == list(range(2000, 2100)) and len(copy) == 2100 and len(core) == 2000
+    assert copy.search(features[2050:2051], 1, threshold=-np.inf).ids[0, 0] == 2050
+    assert copy.search(features[5:6], 1, threshold=-np.inf).ids[0, 0] == 5
+
+
+def test_arrays_round_trip_gives_identical_hits(hnsw, queries):
+    restored = SearchCore.from_arrays(hnsw.config, hnsw.to_arrays(), faiss.clone_index(hnsw.index_), None)
+    for options in ({"threshold": -np.inf}, {"threshold": np.inf, "query_stars": 2}, {"threshold": -np.inf,
+                                                                                      "min_rating": 4}):
+        a, b = hnsw.search(queries[:30], 8, **options), restored.search(queries[:30], 8, **options)
+        assert np.array_equal(a.ids, b.ids) and np.allclose(a.similarities, b.similarities, equal_nan=True)
+    assert all(array.dtype != object for array in hnsw.to_arrays().values())
+
+
+def test_state_that_does_not_fit_together_is_refused(hnsw):
+    arrays = hnsw.to_arrays()
+    with pytest.raises(ValueError, match="the index holds"):
+        SearchCore.from_arrays(hnsw.config, {**arrays, "vectors": arrays["vectors"][:10],
+                                             "stars": arrays["stars"][:10]}, hnsw.index_, None)
+    with pytest.raises(ValueError, match="stars must be"):
+        SearchCore.from_arrays(hnsw.config, {**arrays, "stars": np.full(len(hnsw), 7.0)}, hnsw.index_, None)
+    with pytest.raises(ValueError, match="vectors must be float32"):
+        SearchCore.from_arrays(hnsw.config, {**arrays, "vectors": arrays["vectors"].astype(np.float64)},
+                               hnsw.index_, None)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"pca_dim": 0}, "pca_dim"),
+        ({"rating_weight": -1}, "rating_weight"),
+        ({"rating_weight": float("inf")}, "rating_weight"),
+        ({"threshold": float("nan")}, "threshold"),
+        ({"whiten": "yes"}, "whiten"),
+    ],
+)
+def test_invalid_configurations_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        SearchConfig(**options)
+
+
+def test_a_configuration_round_trips_through_plain_data():
+    config = SearchConfig(pca_dim=64, whiten=True, index=IndexParams(M=16), rating_weight=0.5, threshold=0.8)
+    assert SearchConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unexpected fields"):
+        SearchConfig.from_dict({**config.to_dict(), "colour": "blue"})
