@@ -98,6 +98,44 @@ def ann_recall_at_k(approximate_ids: np.ndarray, exact_ids: np.ndarray, k: int) 
     return float(knn_intersection_measure(approximate_ids, exact_ids))
 
 
+# ------------------------------------------------------------------ copy detection: pooled predictions (DISC2021)
+
+
+def precision_recall(
+    scores: np.ndarray, correct: np.ndarray, n_positives: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and score after each prediction, predictions pooled over all queries and sorted by score,
+    highest first. `correct[i]`: prediction i names a true (query, reference) pair; `n_positives`: true pairs in
+    the ground truth, found or not. Equal scores put the wrong predictions first (the worst order, as DISC2021
+    scores them, so that giving every prediction the same score gains nothing)."""
+    scores, correct = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(correct, dtype=bool).ravel()
+    if scores.shape != correct.shape:
+        raise ValueError(f"{len(scores)} scores for {len(correct)} correctness flags")
+    if n_positives < 1:
+        raise ValueError(f"n_positives must be >= 1, got {n_positives}")
+    if correct.sum() > n_positives:
+        raise ValueError(f"{correct.sum()} correct predictions but only {n_positives} true pairs")
+    order = np.lexsort((correct, -scores))  # by score descending, then wrong (False) before right
+    hits = np.cumsum(correct[order])
+    return hits / np.arange(1, len(order) + 1), hits / n_positives, scores[order]
+
+
+def micro_average_precision(scores: np.ndarray, correct: np.ndarray, n_positives: int) -> float:
+    """muAP (DISC2021): the area under the precision-recall curve of all queries' predictions pooled and ranked by
+    score, i.e. the sum over correct predictions of the precision at their rank, divided by `n_positives`."""
+    precision, recall, _ = precision_recall(scores, correct, n_positives)
+    steps = np.diff(np.concatenate([[0.0], recall]))
+    return float((steps * precision).sum())
+
+
+def recall_at_precision(scores: np.ndarray, correct: np.ndarray, n_positives: int, precision: float = 0.9) -> float:
+    """The highest recall of the pooled ranking at which precision is still at least `precision` (DISC2021's
+    recall at 90% precision); 0 when no prefix of the ranking is that precise."""
+    precisions, recalls, _ = precision_recall(scores, correct, n_positives)
+    reached = precisions >= precision
+    return float(recalls[reached].max()) if reached.any() else 0.0
+
+
 # ------------------------------------------------------------------ match / no-match decisions
 
 

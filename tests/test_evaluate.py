@@ -9,9 +9,12 @@ from simlib.evaluate import (
     evaluate_configuration,
     load_wallpaper_groups,
     mean_average_precision,
+    micro_average_precision,
     n_relevant,
     precision_at_k,
+    precision_recall,
     recall_at_k,
+    recall_at_precision,
     relevance,
     roc_auc,
     roc_curve,
@@ -73,6 +76,63 @@ def test_ann_recall_by_hand():
     exact = np.array([[1, 3, 9], [4, 6, 5]])
     assert ann_recall_at_k(approximate, exact, 3) == pytest.approx((2 / 3 + 2 / 3) / 2)
     assert ann_recall_at_k(approximate, exact, 1) == 1.0
+
+
+def test_micro_average_precision_by_hand():
+    # pooled predictions, best score first: right, wrong, right, wrong; 3 true pairs, one never predicted
+    scores, correct = [0.9, 0.8, 0.7, 0.6], [True, False, True, False]
+    assert micro_average_precision(scores, correct, 3) == pytest.approx((1 / 1 + 2 / 3) / 3)
+    # the order of the inputs does not matter, only the scores do
+    assert micro_average_precision(scores[::-1], correct[::-1], 3) == pytest.approx((1 + 2 / 3) / 3)
+    precision, recall, sorted_scores = precision_recall(scores, correct, 3)
+    assert precision.tolist() == pytest.approx([1, 1 / 2, 2 / 3, 1 / 2])
+    assert recall.tolist() == pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3])
+    assert sorted_scores.tolist() == [0.9, 0.8, 0.7, 0.6]
+    # precision stays >= 0.9 only after the first prediction
+    assert recall_at_precision(scores, correct, 3) == pytest.approx(1 / 3)
+    assert recall_at_precision(scores, correct, 3, precision=0.6) == pytest.approx(2 / 3)
+    assert recall_at_precision([0.5], [False], 1) == 0.0
+
+
+def test_equal_scores_count_the_wrong_prediction_first():
+    assert micro_average_precision([0.5, 0.5], [True, False], 1) == pytest.approx(0.5)
+    assert micro_average_precision([0.5, 0.4], [True, False], 1) == 1.0
+
+
+def test_micro_average_precision_refuses_more_right_answers_than_true_pairs():
+    with pytest.raises(ValueError, match="true pairs"):
+        micro_average_precision([0.9, 0.8], [True, True], 1)
+
+
+def disc2021_muap(ground_truth: set, predictions: list) -> float:
+    """The DISC2021 definition written out directly (the isc2021 evaluation's steps): predictions are (query,
+    reference, score) triples; sort by (score, not correct), highest first; precision and recall after each;
+    muAP = sum of (recall step x precision)."""
+    judged = [(score, (query, ref) in ground_truth) for query, ref, score in predictions]
+    judged.sort(key=lambda item: (item[0], not item[1]), reverse=True)
+    ap, found, previous_recall = 0.0, 0, 0.0
+    for rank, (_, right) in enumerate(judged, start=1):
+        found += right
+        recall = found / len(ground_truth)
+        ap += (recall - previous_recall) * found / rank
+        previous_recall = recall
+    return ap
+
+
+def test_micro_average_precision_agrees_with_the_disc2021_definition_on_a_toy_case():
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        n_queries, n_refs = 40, 25
+        truth = {q: int(rng.integers(n_refs)) for q in range(n_queries) if rng.random() < 0.5}  # half have a copy
+        top = rng.integers(n_refs, size=n_queries)
+        for q in truth:
+            if rng.random() < 0.7:
+                top[q] = truth[q]  # most copies find their original
+        scores = rng.random(n_queries).round(1 if trial % 2 else 3)  # every other trial full of ties
+        predictions = [(q, int(top[q]), float(scores[q])) for q in range(n_queries)]
+        correct = np.array([truth.get(q) == top[q] for q in range(n_queries)])
+        expected = disc2021_muap(set(truth.items()), predictions)
+        assert micro_average_precision(scores, correct, len(truth)) == pytest.approx(expected)
 
 
 def test_roc_by_hand_and_against_scikit_learn():
