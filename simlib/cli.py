@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--ef-search", type=int, default=IndexParams.ef_search)
     index.add_argument("--rating-weight", type=float, default=0.0, help="0 = pure visual search (default)")
     index.add_argument("--threshold", type=float, help="fixed match threshold instead of the calibrated one")
+    index.add_argument("--score-norm", type=float, default=SearchConfig.score_norm, metavar="WEIGHT",
+                       help="weight of the neighbourhood term in the match score (default 0.5; 0 = the best "
+                            "similarity alone)")
     index.add_argument("--batch-size", type=int, help="files decoded per step (default: 8 on a CPU, 32 on a GPU)")
     index.add_argument("--workers", type=int, help="decoding processes (default: cores - 1, at most 4)")
     index.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -96,6 +99,7 @@ def _index(args: argparse.Namespace) -> int:
             index=IndexParams("exact" if args.exact else "hnsw", args.M, args.ef_construction, args.ef_search),
             rating_weight=args.rating_weight,
             threshold=args.threshold,
+            score_norm=args.score_norm,
         )
         collection = Collection(load_backbone(args.backbone, args.weights), config)
         report = collection.add(args.sources, refit=True, progress=progress,
@@ -158,6 +162,8 @@ def _info(args: argparse.Namespace) -> int:
         "pca": None if manifest.pca is None else {**asdict(manifest.pca), "whiten": config.whiten},
         "index": config.index.to_dict(),
         "rating_weight": config.rating_weight,
+        "score_norm": config.score_norm,
+        "norm_ranks": list(config.norm_ranks),
         "threshold": config.threshold if config.threshold is not None else manifest.calibration.threshold,
         "calibration": manifest.calibration.to_dict(),
         "ratings": manifest.rating_counts(),
@@ -180,7 +186,8 @@ def _info(args: argparse.Namespace) -> int:
         print(f"PCA        {pca.n_components} dims{' whitened' if config.whiten else ''}, fitted on {pca.fitted_on} "
               f"images, keeps {pca.explained_variance:.1%} of the variance")
     print(f"index      {_describe_index(config.index)}, {len(manifest.images)} vectors")
-    print(f"threshold  {summary['threshold']:.3f}; rating weight {summary['rating_weight']}")
+    print(f"threshold  {summary['threshold']:.3f} on the match score ({_describe_score(config)}); rating weight "
+          f"{summary['rating_weight']}")
     print("ratings    " + ", ".join(f"{k}: {v}" for k, v in summary["ratings"].items())
           + f"; {summary['rating_conflicts']} with conflicting sources")
     versions = summary["library_versions"]
@@ -196,12 +203,19 @@ def _describe_index(params: IndexParams) -> str:
     return f"HNSW M={params.M} efConstruction={params.ef_construction} efSearch={params.ef_search}"
 
 
+def _describe_score(config: SearchConfig) -> str:
+    if config.score_norm == 0:
+        return "the best similarity"
+    first, last = (rank + 1 for rank in config.norm_ranks)
+    return f"best similarity - {config.score_norm:g} x mean similarity of the neighbours {first} to {last}"
+
+
 def _threshold_origin(collection: Collection) -> str:
     if collection.config.threshold is not None:
         return "given"
     c = collection.core.calibration_
-    return (f"calibrated on {c.n_match} edited copies: median match {c.match_median:.3f}, "
-            f"median nearest non-match {c.nonmatch_median:.3f}")
+    return (f"calibrated on {c.n_match} edited copies: median match score {c.match_median:.3f} with the original "
+            f"in the collection, {c.nonmatch_median:.3f} without it")
 
 
 def _show(path) -> str:

@@ -41,6 +41,7 @@ class SearchResult:
     similarity: float  # cosine similarity of PCA vectors, visual only
     rating: float | None
     reason: Reason
+    score: float  # its match score: the similarity less the query's neighbourhood term (simlib.scoring)
 
     def to_dict(self) -> dict:
         return {"path": self.path, "similarity": self.similarity, "rating": self.rating, "reason": self.reason}
@@ -55,12 +56,14 @@ class SearchResponse:
     fallback: bool
     message: str
     results: list[SearchResult]
+    match_score: float  # compared with the threshold: best_similarity less the neighbourhood term
 
     def to_dict(self) -> dict:
         return {
             "query": self.query,
             "query_rating": self.query_rating.stars,
             "best_similarity": self.best_similarity,
+            "match_score": self.match_score,
             "threshold": self.threshold,
             "fallback": self.fallback,
             "message": self.message,
@@ -232,8 +235,9 @@ class Collection:
         ef_search: int | None = None,
         name: str | None = None,
     ) -> SearchResponse:
-        """The `k` most similar images, or, when the best visual similarity is below the match threshold, the `k`
-        images whose rating is closest to the query's (ties broken by similarity).
+        """The `k` most similar images, or, when the query's match score (its best visual similarity less a term for
+        how crowded its neighbourhood is, `simlib.scoring`) is below the match threshold, the `k` images whose
+        rating is closest to the query's (ties broken by similarity).
 
         The query's rating is `query_rating` if given, else read from its metadata (and sidecars, for a path).
         Rejected images (-1) are fallback candidates only for a rejected query. `min_rating` (images rated at least
@@ -260,12 +264,12 @@ class Collection:
 
     def _response(self, label: str, rating: Rating, threshold: float, hits: Hits) -> SearchResponse:
         ids, similarities = hits.found(0)
-        best, fallback = float(hits.best[0]), bool(hits.fallback[0])
+        best, score, fallback = float(hits.best[0]), float(hits.score[0]), bool(hits.fallback[0])
+        subtracted = float(self.core.config.score_norm * hits.neighbourhood[0])
         if not fallback:
-            message = f"Best visual similarity {best:.3f} reaches the match threshold {threshold:.3f}."
+            message = f"{self._scored(best, score, hits)}, which reaches the match threshold {threshold:.3f}."
             reason: Reason = "visual"
         else:
-            best_text = f"{best:.3f}" if np.isfinite(best) else "none"
             if not len(ids):
                 why = "and no image has a usable rating to fall back on."
             elif rating.stars is None:
@@ -273,13 +277,26 @@ class Collection:
             else:
                 stated = "rejected (-1) rating" if rating.rejected else f"{format_stars(rating.stars)}-star rating"
                 why = f"these are the images rated closest to the query's {stated}."
-            message = f"Best visual similarity {best_text} is below the match threshold {threshold:.3f}; {why}"
+            message = f"{self._scored(best, score, hits)}, which is below the match threshold {threshold:.3f}; {why}"
             reason = "rating-fallback"
         results = [
-            SearchResult(rank, int(i), self.images[i].path, float(s), self.images[i].rating.stars, reason)
+            SearchResult(rank, int(i), self.images[i].path, float(s), self.images[i].rating.stars, reason,
+                         float(s) - subtracted)
             for rank, (i, s) in enumerate(zip(ids, similarities), start=1)
         ]
-        return SearchResponse(label, rating, best, threshold, fallback, message, results)
+        return SearchResponse(label, rating, best, threshold, fallback, message, results, score)
+
+    def _scored(self, best: float, score: float, hits: Hits) -> str:
+        """How the match score was made, in words: 'Best visual similarity 0.853, less 0.5 x 0.612 ...'."""
+        if not np.isfinite(best):
+            return "Best visual similarity none"
+        config = self.core.config
+        if config.score_norm == 0:
+            return f"Best visual similarity {best:.3f}"
+        first, last = (_ordinal(r + 1) for r in config.norm_ranks)
+        return (f"Best visual similarity {best:.3f}, less {config.score_norm:g} x {hits.neighbourhood[0]:.3f} (the "
+                f"mean similarity of the query's {first} to {last} nearest images), gives the match score "
+                f"{score:.3f}")
 
     def _query_features(self, query: ImageSource | Image.Image, label: str) -> np.ndarray:
         if isinstance(query, Image.Image):
@@ -378,6 +395,10 @@ class Collection:
         pca = self.core.pca_
         reduced = f"pca={pca.n_components_}" if pca is not None else "raw features"
         return f"Collection({len(self)} images, backbone={self.backbone.name}, {reduced}, threshold={self.threshold:.3f})"
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _stars(records: Sequence[ImageRecord]) -> np.ndarray:

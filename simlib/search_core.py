@@ -5,9 +5,14 @@ as an array, the FAISS index, the rating weight and the match threshold (the res
 calibration). It is built from arrays and saved as arrays; `simlib.collection.Collection` adds image records and a
 backbone around it, and evaluation, tuning, benchmarks, notebooks and the app all search through it.
 
-The rule: the visual rule returns the k nearest images; when the best visual similarity among them is below the
-match threshold, the rating rule returns instead the k images whose rating is closest to the query's (for an
-unrated query the highest rated), ties broken by visual similarity. Rejected images (-1) are candidates of the
+The rule: the visual rule returns the k nearest images; when the query's match score is below the match threshold,
+the rating rule returns instead the k images whose rating is closest to the query's (for an unrated query the
+highest rated), ties broken by visual similarity. The match score (`simlib.scoring`) is the best visual similarity less
+`score_norm` times the mean similarity of the query's 5th to 9th nearest images in the collection (`norm_ranks`,
+zero-based): SSCD's score normalisation with the collection as its own background. A query that resembles many
+images (star fields, cut-outs on white) must then be closer to its best match than one in an empty region; the
+ranks skip the first four neighbours so that an original's own near-duplicates (bursts, other sizes) do not count
+against its copies. Rejected images (-1) are candidates of the
 rating rule only for a rejected query. Filters (minimum rating, an allowed subset such as a folder) apply to both
 rules and run inside FAISS: a graph search with a selector over a bitmap of allowed ids, or an exact search over
 them when that costs less (`_exact_is_cheaper`).
@@ -33,6 +38,7 @@ from .index import (
 )
 from .ratings import REJECTED
 from .reduce import PCA, normalize_rows
+from .scoring import neighbourhood
 from .threshold import Calibration
 
 # A graph search with a filter keeps only allowed nodes as results; with a small allowed share it stops before it
@@ -44,6 +50,7 @@ FILTER_BEAM = 32
 # exact search over a bitmap tests one bit per vector (about a sixteenth of a distance) plus one distance per
 # allowed vector. The cheaper path is taken.
 BIT_TEST_COST = 1 / 16
+MAX_NORM_RANK = 100  # deepest neighbour the match score may average over
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class SearchConfig:
     index: IndexParams = IndexParams()
     rating_weight: float = 0.0  # weight of the appended rating coordinate; 0 = pure visual search
     threshold: float | None = None
+    score_norm: float = 0.5  # weight of the neighbourhood term in the match score; 0 = the best similarity alone
+    norm_ranks: tuple[int, int] = (4, 8)  # first and last rank (zero-based) of the neighbours in that term
 
     def __post_init__(self) -> None:
         if self.pca_dim is not None and (isinstance(self.pca_dim, bool) or not isinstance(self.pca_dim, int)
@@ -69,23 +78,39 @@ class SearchConfig:
             raise ValueError(f"rating_weight must be a finite number >= 0, got {self.rating_weight!r}")
         if self.threshold is not None and (not _real(self.threshold) or math.isnan(self.threshold)):
             raise ValueError(f"threshold must be a number, got {self.threshold!r}")
+        if not _real(self.score_norm) or not 0 <= self.score_norm <= 1:
+            raise ValueError(f"score_norm must be a number within 0..1, got {self.score_norm!r}")
+        first, last = _pair(self.norm_ranks)
+        if not 1 <= first <= last <= MAX_NORM_RANK:
+            raise ValueError(f"norm_ranks must be two ranks 1 <= first <= last <= {MAX_NORM_RANK}, "
+                             f"got {self.norm_ranks!r}")
+        object.__setattr__(self, "norm_ranks", (first, last))  # a JSON list read back becomes the tuple again
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchConfig":
-        """The config `to_dict` wrote; ValueError for anything else (the data may come from an untrusted file)."""
+        """The config `to_dict` wrote; ValueError for anything else (the data may come from an untrusted file).
+        A config written before score normalisation existed has none: its threshold was calibrated on the best
+        similarity alone."""
         if not isinstance(data, dict) or not isinstance(data.get("index"), dict):
             raise ValueError("the search configuration is not an object with an index object")
         try:
-            return cls(**{**data, "index": IndexParams(**data["index"])})
+            return cls(**{"score_norm": 0.0, **data, "index": IndexParams(**data["index"])})
         except TypeError as exc:
             raise ValueError(f"the search configuration has unexpected fields ({exc})") from None
 
 
 def _real(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _pair(value) -> tuple[int, int]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"norm_ranks must be two integers, got {value!r}")
+    return int(value[0]), int(value[1])
 
 
 @dataclass
@@ -96,6 +121,8 @@ class Hits:
     similarities: np.ndarray  # (nq, k) float32 cosine similarity of the reduced vectors (NaN where id is -1)
     best: np.ndarray  # (nq,) best visual similarity among the visual rule's results (-inf when it found none)
     fallback: np.ndarray  # (nq,) True where the rating rule answered
+    score: np.ndarray  # (nq,) match score: best - score_norm x neighbourhood, compared with the threshold
+    neighbourhood: np.ndarray  # (nq,) mean similarity of the query's neighbours at `norm_ranks` (`neighbourhood`)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -270,15 +297,33 @@ class SearchCore:
             raise ValueError("threshold must be a number, got NaN")
         q_stars = _query_stars(query_stars, len(vectors))
         subset = self._filter(min_rating, allowed)
-        ids = self._nearest(vectors, q_stars, min(k, len(self)), subset, ef_search)
+        k = min(k, len(self))
+        deep = self.config.score_norm > 0 and subset is None  # the visual search also gives the neighbourhood
+        ids = self._nearest(vectors, q_stars, self._norm_depth(k) if deep else k, subset, ef_search)
         similarities = self._similarities(vectors, ids)
+        near = similarities if deep else None
+        ids, similarities = ids[:, :k], similarities[:, :k]
         with np.errstate(invalid="ignore"):
             best = np.where(ids >= 0, similarities, -np.inf).max(axis=1, initial=-np.inf)
-        fallback = ~(best >= threshold)
+        around = self._neighbourhood(vectors, q_stars, near, ef_search)
+        score = best - self.config.score_norm * around
+        fallback = ~(score >= threshold)
         for i in np.flatnonzero(fallback):
             ids[i] = self._by_rating(vectors[i], q_stars[i], ids.shape[1], min_rating, subset, ef_search)
             similarities[i] = self._similarities(vectors[i : i + 1], ids[i : i + 1])[0]
-        return Hits(ids, similarities, best.astype(np.float32), fallback)
+        return Hits(ids, similarities, best.astype(np.float32), fallback, score, around)
+
+    def _norm_depth(self, k: int) -> int:
+        return min(len(self), max(k, self.config.norm_ranks[1] + 1))
+
+    def _neighbourhood(self, vectors, q_stars, near: np.ndarray | None, ef_search) -> np.ndarray:
+        """(nq,) `neighbourhood` of each query in the whole collection (filters do not apply: the term measures
+        how crowded the query's region of the collection is, which the calibration measured on all of it)."""
+        if self.config.score_norm == 0:
+            return np.zeros(len(vectors))
+        if near is None:
+            near = self._similarities(vectors, self._nearest(vectors, q_stars, self._norm_depth(1), None, ef_search))
+        return neighbourhood(near, self.config.norm_ranks)
 
     def _nearest(self, vectors, q_stars, k, subset: Selection | None, ef_search) -> np.ndarray:
         """Ids (nq, k) nearest in index space among `subset` (None: all), -1 where fewer exist."""

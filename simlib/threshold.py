@@ -1,10 +1,12 @@
-"""Match threshold: the visual similarity above which a query counts as having a good visual match.
+"""Match threshold: the match score above which a query counts as having a good visual match.
 
-The default is derived from the collection itself. A sample of its images is edited the way copies of a photo
-get edited (downscaled and recompressed, cropped, cropped off-centre and recompressed); each edited copy's
-similarity to its original is a *match* score, and its similarity to the nearest other image in the collection a
-*non-match* score. The threshold is the value that minimises the sum of the two error rates (Youden's J) between
-those distributions, the midpoint of the best interval when several values tie.
+The default is derived from the collection itself. A sample of its images is edited the way copies of a photo get
+edited, from mild to strong (downscaled and recompressed, cropped to 80, 70, 50 and 25% of the area, rotated,
+colours changed, blurred, mirrored, shrunk into a frame); each copy's match score with its original in the
+collection is a *match* score, and its match score with the original taken out a *non-match* score (the match
+score being the search core's: the best similarity less its neighbourhood term, `simlib.search_core`). The
+threshold is the value that minimises the sum of the two error rates (Youden's J) between those distributions,
+the midpoint of the best interval when several values tie.
 """
 
 from __future__ import annotations
@@ -15,21 +17,33 @@ from typing import TYPE_CHECKING, Sequence
 
 import faiss
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from .images import ImageSource, load_image
+from .scoring import match_score
 
 if TYPE_CHECKING:
     from .backbones import Backbone
     from .search_core import SearchCore
 
-EDITS = ("downscale-recompress", "crop-80", "crop-70-offcentre-recompress")
-CALIBRATION_SAMPLE = 60  # edited copies made to calibrate the match threshold (20 of each edit)
+EDITS = (
+    "downscale-recompress",
+    "crop-80",
+    "crop-70-offcentre-recompress",
+    "crop-50-recompress",
+    "rotate-10",
+    "colour-contrast",
+    "blur-recompress",
+    "mirror-crop-80",
+    "shrink-into-frame",
+    "crop-25",
+)
+CALIBRATION_SAMPLE = 100  # edited copies made to calibrate the match threshold (10 of each edit)
 COPY_BATCH = 8  # edited copies decoded and held at once while they are embedded
 
 
 def edited_copy(image: Image.Image, variant: int) -> Image.Image:
-    """A deterministic edited copy of an RGB image: edit `EDITS[variant % 3]`."""
+    """A deterministic edited copy of an RGB image: edit `EDITS[variant % len(EDITS)]`."""
     width, height = image.size
     edit = EDITS[variant % len(EDITS)]
     if edit == "downscale-recompress":
@@ -37,7 +51,25 @@ def edited_copy(image: Image.Image, variant: int) -> Image.Image:
         return _recompress(copy, quality=60)
     if edit == "crop-80":
         return image.crop(_box(width, height, 0.8, 0.5, 0.5))
-    return _recompress(image.crop(_box(width, height, 0.7, 0.35, 0.6)), quality=75)
+    if edit == "crop-70-offcentre-recompress":
+        return _recompress(image.crop(_box(width, height, 0.7, 0.35, 0.6)), quality=75)
+    if edit == "crop-50-recompress":  # half the area
+        return _recompress(image.crop(_box(width, height, 0.707, 0.4, 0.55)), quality=40)
+    if edit == "rotate-10":
+        return image.rotate(10, resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
+    if edit == "colour-contrast":
+        more_colour = ImageEnhance.Color(image).enhance(1.4)
+        return ImageEnhance.Brightness(ImageEnhance.Contrast(more_colour).enhance(0.7)).enhance(1.15)
+    if edit == "blur-recompress":
+        return _recompress(image.filter(ImageFilter.GaussianBlur(0.006 * max(width, height))), quality=30)
+    if edit == "mirror-crop-80":  # 80% of the area
+        return ImageOps.mirror(image.crop(_box(width, height, 0.894, 0.5, 0.5)))
+    if edit == "shrink-into-frame":  # a screenshot or a post: the photo at 60% inside a white frame
+        small = image.resize((max(1, round(width * 0.6)), max(1, round(height * 0.6))), Image.Resampling.BICUBIC)
+        frame = Image.new("RGB", (width, height), (255, 255, 255))
+        frame.paste(small, ((width - small.width) // 2, (height - small.height) * 2 // 3))
+        return _recompress(frame, quality=80)
+    return image.crop(_box(width, height, 0.5, 0.45, 0.5))  # crop-25: a quarter of the area
 
 
 def _box(width: int, height: int, scale: float, cx: float, cy: float) -> tuple[int, int, int, int]:
@@ -140,17 +172,28 @@ def embed_edited_copies(
     return stacked, np.array(origin, dtype=np.int64)
 
 
-def calibrate(core: "SearchCore", copy_features: np.ndarray, original_ids: np.ndarray) -> Calibration:
-    """The match threshold for `core` from features of edited copies of its images `original_ids`: each copy's
-    similarity to its original is a match score, its similarity to the nearest other image (exact search over
-    every image) a non-match score."""
+def copy_scores(core: "SearchCore", copy_features: np.ndarray, original_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The match scores (as `SearchCore.search` scores, with the core's `score_norm` and `norm_ranks`) of edited
+    copies of the core's images `original_ids`: over the whole collection (match), and with each copy's original
+    taken out of it (non-match). Neighbours by exact search over every image."""
     original_ids = np.asarray(original_ids, dtype=np.int64)
+    queries = core.transform(copy_features)
+    searched = min(len(core), core.config.norm_ranks[1] + 1)  # the neighbours a search scores
+    distances, ids = faiss.knn(queries, core.vectors_, min(len(core), searched + 1))  # one more: the original goes
+    similarities = 1.0 - distances.astype(np.float64) / 2.0  # unit vectors: |a - b|^2 = 2 - 2 cos
+    removed = np.where(ids == original_ids[:, None], np.nan, similarities)
+    removed = -np.sort(np.where(np.isnan(removed), np.inf, -removed), axis=1)[:, :searched]  # the original last
+    removed[np.isinf(removed)] = np.nan
+    config = core.config
+    return (match_score(similarities[:, :searched], config.score_norm, config.norm_ranks),
+            match_score(removed, config.score_norm, config.norm_ranks))
+
+
+def calibrate(core: "SearchCore", copy_features: np.ndarray, original_ids: np.ndarray) -> Calibration:
+    """The match threshold for `core` from features of edited copies of its images `original_ids`: Youden's J
+    between their match scores with the original in the collection and without it (`copy_scores`)."""
     if len(original_ids) == 0:
         raise ValueError("cannot calibrate the match threshold without edited copies")
     if len(core) < 2:
         raise ValueError("cannot calibrate the match threshold of fewer than 2 images")
-    queries = core.transform(copy_features)
-    match = np.einsum("ij,ij->i", queries, core.vectors_[original_ids])
-    distances, ids = faiss.knn(queries, core.vectors_, 2)
-    other = np.where(ids[:, 0] == original_ids, distances[:, 1], distances[:, 0])
-    return choose_threshold(match, 1.0 - other / 2.0)  # unit vectors: |a - b|^2 = 2 - 2 cos
+    return choose_threshold(*copy_scores(core, copy_features, original_ids))

@@ -18,12 +18,13 @@ FALLBACK_BADGE = ":orange-badge[Rating fallback]"
 _INLINE_MARKDOWN = re.compile(r"([\\`*_\[\]<>~$])")  # emphasis, code, links, HTML, strikethrough, LaTeX
 
 
-def badge(reason: str, similarity: float, threshold: float) -> str:
-    """Markdown for a result's badge: a visual match, a visual neighbour below the match threshold (the visual
-    rule lists k images even when only the best ones match), or a rating fallback."""
+def badge(reason: str, score: float, threshold: float) -> str:
+    """Markdown for a result's badge: a visual match (its match score reaches the threshold), a visual neighbour
+    below the match threshold (the visual rule lists k images even when only the best ones match), or a rating
+    fallback."""
     if reason != "visual":
         return FALLBACK_BADGE
-    return VISUAL_BADGE if similarity >= threshold else BELOW_THRESHOLD_BADGE
+    return VISUAL_BADGE if score >= threshold else BELOW_THRESHOLD_BADGE
 
 
 def stars(rating: float | None) -> str:

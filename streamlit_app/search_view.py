@@ -91,7 +91,7 @@ def _show_results(response: SearchResponse) -> None:
             with column.container(border=True):
                 _thumbnail(st, result.path)
                 st.markdown(f"**{result.rank}. {labels.escape(labels.file_name(result.path))}**")
-                st.markdown(labels.badge(result.reason, result.similarity, response.threshold))
+                st.markdown(labels.badge(result.reason, result.score, response.threshold))
                 st.caption(f"similarity {result.similarity:.3f} · {labels.stars(result.rating)}")
     table = _table(response)
     with st.expander("Results as a table"):
@@ -108,6 +108,7 @@ def _table(response: SearchResponse) -> pd.DataFrame:
             "rank": [r.rank for r in response.results],
             "file": [labels.file_name(r.path) for r in response.results],
             "similarity": [round(r.similarity, 4) for r in response.results],
+            "match score": [round(r.score, 4) for r in response.results],
             "rating": [r.rating for r in response.results],
             "reason": [r.reason for r in response.results],
             "query": response.query,

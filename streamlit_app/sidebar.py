@@ -91,5 +91,6 @@ def threshold(settings: Settings, collection: Collection) -> float | None:
             return None
         return st.slider(
             "Match threshold", 0.0, 1.0, round(collection.threshold, 2), 0.01, key="threshold",
-            help="Below this best visual similarity, results fall back to the rating rule. Nothing is rebuilt.",
+            help="Below this match score (the best visual similarity less a term for how crowded the query's "
+                 "neighbourhood is), results fall back to the rating rule. Nothing is rebuilt.",
         )

@@ -57,6 +57,17 @@ def test_info_describes_the_collection(collection_file, capsys):
     assert main(["info", str(collection_file), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == 12 and summary["ratings"]["unrated"] == 2
+    assert summary["score_norm"] == 0.5 and summary["norm_ranks"] == [4, 8]
+    assert "mean similarity of the neighbours 5 to 9" in out
+
+
+def test_score_normalisation_can_be_turned_off(photo_folder, resnet18_weights, tmp_path, capsys):
+    output = tmp_path / "plain.simlib"
+    assert main(["index", str(photo_folder), "-o", str(output), "--backbone", "resnet18", "--weights",
+                 str(resnet18_weights), "--score-norm", "0", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(output)]) == 0
+    assert "on the match score (the best similarity)" in capsys.readouterr().out
 
 
 def test_add_appends_to_an_existing_collection(collection_file, resnet18_weights, tmp_path, capsys):

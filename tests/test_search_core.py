@@ -94,10 +94,43 @@ def test_visual_similarities_are_cosines_of_the_reduced_vectors(hnsw, queries):
 
 
 def test_the_threshold_decides_per_query_which_rule_answers(exact, queries):
-    best = exact.search(queries[:50], 5, threshold=-np.inf).best
-    cut = float(np.median(best))
+    score = exact.search(queries[:50], 5, threshold=-np.inf).score
+    cut = float(np.median(score))
     hits = exact.search(queries[:50], 5, threshold=cut)
-    assert hits.fallback.tolist() == (best < cut).tolist()
+    assert hits.fallback.tolist() == (score < cut).tolist()
+
+
+def test_the_match_score_is_the_best_similarity_less_half_the_mean_of_the_5th_to_9th_neighbours(exact, queries):
+    hits = exact.search(queries[:30], 3, threshold=-np.inf)
+    vectors = exact.transform(queries[:30])
+    ordered = -np.sort(-(vectors @ exact.vectors_.T), axis=1)
+    assert np.allclose(hits.best, ordered[:, 0], atol=1e-5)
+    assert np.allclose(hits.neighbourhood, ordered[:, 4:9].mean(axis=1), atol=1e-5)
+    assert np.allclose(hits.score, ordered[:, 0] - 0.5 * ordered[:, 4:9].mean(axis=1), atol=1e-5)
+
+
+def test_filters_do_not_change_the_match_score_of_the_best_allowed_image(hnsw, queries):
+    plain = hnsw.search(queries[:30], 5, threshold=-np.inf)
+    allowed = np.zeros(len(hnsw), bool)
+    allowed[plain.ids[:, 0]] = True  # each query's best image stays allowed, its neighbourhood mostly not
+    filtered = hnsw.search(queries[:30], 5, threshold=-np.inf, allowed=allowed)
+    assert np.allclose(filtered.neighbourhood, plain.neighbourhood) and np.allclose(filtered.score, plain.score)
+
+
+def test_without_score_normalisation_the_match_score_is_the_best_similarity(features, queries):
+    core = SearchCore(SearchConfig(pca_dim=32, index=EXACT, score_norm=0.0)).fit(features)
+    hits = core.search(queries[:20], 5, threshold=-np.inf)
+    assert np.array_equal(hits.score, hits.best.astype(np.float64)) and not hits.neighbourhood.any()
+
+
+def test_a_collection_smaller_than_the_ranks_scores_what_it_has():
+    vectors = normalize_rows(np.random.default_rng(0).standard_normal((6, 8)))
+    core = SearchCore.from_state(SearchConfig(pca_dim=None, index=EXACT, threshold=0.0), None, vectors)
+    hits = core.search_vectors(vectors[:1], 3)
+    ordered = -np.sort(-(vectors[:1] @ vectors.T), axis=1)[0]
+    assert hits.neighbourhood[0] == pytest.approx(ordered[4:].mean())  # ranks 4 and 5: all there are
+    tiny = SearchCore.from_state(SearchConfig(pca_dim=None, index=EXACT, threshold=0.0), None, vectors[:3])
+    assert tiny.search_vectors(vectors[:1], 3).score[0] == pytest.approx(1.0)  # no 5th image: nothing subtracted
 
 
 def test_a_nan_threshold_is_refused(exact, queries):
@@ -297,6 +330,10 @@ def test_state_that_does_not_fit_together_is_refused(hnsw):
         ({"rating_weight": float("inf")}, "rating_weight"),
         ({"threshold": float("nan")}, "threshold"),
         ({"whiten": "yes"}, "whiten"),
+        ({"score_norm": 1.5}, "score_norm"),
+        ({"norm_ranks": (0, 3)}, "norm_ranks"),
+        ({"norm_ranks": (5, 4)}, "norm_ranks"),
+        ({"norm_ranks": (4,)}, "norm_ranks"),
     ],
 )
 def test_invalid_configurations_are_refused(options, message):
@@ -305,7 +342,16 @@ def test_invalid_configurations_are_refused(options, message):
 
 
 def test_a_configuration_round_trips_through_plain_data():
-    config = SearchConfig(pca_dim=64, whiten=True, index=IndexParams(M=16), rating_weight=0.5, threshold=0.8)
+    config = SearchConfig(pca_dim=64, whiten=True, index=IndexParams(M=16), rating_weight=0.5, threshold=0.8,
+                          score_norm=0.25, norm_ranks=(2, 6))
     assert SearchConfig.from_dict(config.to_dict()) == config
+    as_json = {**config.to_dict(), "norm_ranks": [2, 6]}  # how JSON gives the pair back
+    assert SearchConfig.from_dict(as_json) == config
     with pytest.raises(ValueError, match="unexpected fields"):
         SearchConfig.from_dict({**config.to_dict(), "colour": "blue"})
+
+
+def test_a_configuration_saved_before_score_normalisation_reads_without_it():
+    saved = SearchConfig().to_dict()
+    del saved["score_norm"], saved["norm_ranks"]
+    assert SearchConfig.from_dict(saved).score_norm == 0.0

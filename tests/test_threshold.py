@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from simlib.index import IndexParams
+from simlib.reduce import normalize_rows
 from simlib.search_core import SearchConfig, SearchCore
 from simlib.threshold import EDITS, calibrate, calibration_sample, choose_threshold, edited_copy, embed_edited_copies
 
@@ -38,6 +39,10 @@ def test_edits_are_deterministic_and_differ_from_the_original():
         assert first.size != original.size or not np.array_equal(np.asarray(first), np.asarray(original))
     assert edited_copy(original, 0).size == (200, 150)
     assert edited_copy(original, 1).size == (320, 240)
+    sizes = {EDITS[v]: edited_copy(original, v).size for v in range(len(EDITS))}
+    assert sizes["crop-50-recompress"] == (283, 212) and sizes["crop-25"] == (200, 150)
+    assert sizes["rotate-10"] == sizes["shrink-into-frame"] == sizes["colour-contrast"] == (400, 300)
+    assert len(EDITS) == 10 and edited_copy(original, 10).size == edited_copy(original, 0).size  # edits cycle
 
 
 def test_edits_survive_tiny_images():
@@ -49,7 +54,7 @@ def test_edited_copies_are_labelled_with_their_source_and_unreadable_sources_ski
     for i in range(2):
         paths.append(tmp_path / f"{i}.jpg")
         scene(i, (500, 400)).save(paths[-1])
-    features, origin = embed_edited_copies(resnet18, paths)
+    features, origin = embed_edited_copies(resnet18, paths, variants=3)
     assert features.shape == (6, 512) and origin.tolist() == [0, 0, 0, 1, 1, 1]
     one_each, origin = embed_edited_copies(resnet18, [paths[0], tmp_path / "gone.jpg", paths[1]], variants=[2, 0, 1])
     assert one_each.shape == (2, 512) and origin.tolist() == [0, 2]
@@ -69,6 +74,28 @@ def test_calibration_scores_each_copy_against_its_original_and_the_nearest_other
     assert np.cos(0.4) < calibration.threshold < np.cos(0.1)
 
 
+def test_with_score_normalisation_calibration_scores_copies_as_a_search_would():
+    """Match score = best similarity - weight x mean similarity at the ranks, with the original in the collection
+    (match) and taken out (non-match), computed here by brute force."""
+    rng = np.random.default_rng(0)
+    vectors = normalize_rows(rng.standard_normal((12, 6)))
+    config = SearchConfig(pca_dim=None, index=IndexParams("exact"), score_norm=0.5, norm_ranks=(1, 3))
+    core = SearchCore.from_state(config, None, vectors)
+    originals = np.arange(6)
+    copies = normalize_rows(vectors[originals] + 0.3 * rng.standard_normal((6, 6)))
+    match, nonmatch = [], []
+    for copy, original in zip(copies, originals):
+        similarities = np.sort(vectors @ copy)[::-1]
+        others = np.sort(np.delete(vectors, original, axis=0) @ copy)[::-1]
+        match.append(similarities[0] - 0.5 * similarities[1:4].mean())
+        nonmatch.append(others[0] - 0.5 * others[1:4].mean())
+    expected = choose_threshold(np.array(match), np.array(nonmatch))
+    calibration = calibrate(core, copies, originals)
+    assert calibration.threshold == pytest.approx(expected.threshold, abs=1e-5)
+    assert calibration.match_median == pytest.approx(expected.match_median, abs=1e-5)
+    assert calibration.nonmatch_median == pytest.approx(expected.nonmatch_median, abs=1e-5)
+
+
 def test_the_calibration_sample_is_seeded_and_bounded():
     assert np.array_equal(calibration_sample(1000), calibration_sample(1000))
-    assert len(calibration_sample(1000)) == 60 and calibration_sample(7).tolist() == list(range(7))
+    assert len(calibration_sample(1000)) == 100 and calibration_sample(7).tolist() == list(range(7))
