@@ -165,7 +165,7 @@ class BenchmarkFeatures:
 
     images: LabelledImages
     features: np.ndarray  # (n, dim), rows L2-normalised
-    copies: np.ndarray  # (3n, dim): edited copies, simlib.threshold's edits
+    copies: np.ndarray  # (3n, dim): edited copies, the three mild edits of simlib.threshold
     copy_of: np.ndarray  # (3n,) index of each copy's original
 
 
@@ -188,7 +188,7 @@ def benchmark_features(config: RunConfig, backbone: Backbone) -> BenchmarkFeatur
     result = extract_features(backbone, images.paths, progress=False)
     if result.errors:
         raise RuntimeError(f"benchmark images failed to decode: {result.errors}")
-    copies, copy_of = embed_edited_copies(backbone, images.paths)
+    copies, copy_of = embed_edited_copies(backbone, images.paths, variants=3)  # the three mild edits
     atomic_write(path, lambda tmp: _save_npz(tmp, features=result.features, copies=copies, copy_of=copy_of))
     return BenchmarkFeatures(images, result.features, copies, copy_of)
 

@@ -15,7 +15,7 @@ from simlib.search_core import SearchConfig, SearchCore
 from simlib.threshold import choose_threshold
 
 from .inputs import NEEDS_WALLPAPERS, BenchmarkFeatures, RunConfig, benchmark_features, quality_backbone
-from .report import Headline, Section
+from .report import Section
 
 HNSW = IndexParams()  # simlib's recommended settings
 EXACT = IndexParams("exact")
@@ -61,18 +61,10 @@ def run(config: RunConfig) -> Section:
     )
     table = configurations(data)
     section.table(table, floatfmt=".4g")
-    reference = table[(table["pca"] == "raw") & (table["index"] == "exact")]["mAP"].iloc[0]
-    recommended = table[(table["pca"].str.startswith("PCA-")) & ~table["pca"].str.contains("whitened")
-                        & (table["fitted on"] == "benchmark images") & (table["index"] != "exact")].iloc[0]
-    loss = 100 * (reference - recommended["mAP"])
-    section.headlines.append(
-        Headline(
-            f"mAP loss, {recommended['pca']} (fitted as a collection fits its own images) + HNSW vs raw exact (points)",
-            f"{loss:.2f}", "<= 1", loss <= 1.0,
-        )
-    )
-    section.headlines.append(
-        Headline(f"N-S, {recommended['pca']} + HNSW (wallpapers)", f"{recommended['N-S']:.2f}", "", None)
+    section.text(
+        "This set cannot test the reduction: PCA fitted on 106 images keeps 105 dimensions, a rotation that loses "
+        "nothing, and efSearch 128 over 106 vectors visits them all. The quality headline is therefore measured "
+        "on the copy-detection benchmark (section 6), whose full run has 1,070 references."
     )
     decision = decision_quality(data)
     section.table(decision, "Match / no-match decisions (edited copies; see below):", floatfmt=".3f")

@@ -24,10 +24,13 @@ from PIL import Image
 from .edits import EDITS, STRENGTHS, apply_edit, edits_of
 from .evaluate import mean_average_precision, micro_average_precision, recall_at_precision, relevance, roc_auc
 from .images import load_image
+from .search_core import SearchCore
 
 UNEDITED = "none"
 KINDS = ("copy", "distractor", "scene")  # positive; photo outside the references; other shot of a reference scene
 FULL_DECODE = 1 << 20  # min_side for load_image: decode every pixel (the photos are at most 1024 px)
+RANKING_DEPTH = 100  # results per query for the rankings (Copydays mAP, top-1)
+DECISION_K = 10  # results per query when the fallback decision is taken: Collection.search's default k
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,32 @@ class Answers:
     ranked: np.ndarray  # (nq, depth) int64 reference ids, best first (the visual rule), -1 padding
     score: np.ndarray  # (nq,) float64 decision score of the top match (higher = more likely a copy)
     accepted: np.ndarray  # (nq,) bool: score at or above the threshold
+
+
+def search_answers(core: SearchCore, features: np.ndarray, depth: int = RANKING_DEPTH, chunk: int = 256) -> Answers:
+    """A search core's answers to query features (nq, dim), all through `SearchCore.search` as `Collection.search`
+    calls it: the visual ranking (threshold -inf, `depth` results) and the decision at the core's own threshold
+    (`DECISION_K` results: the match score and whether the rating fallback answered). Queries go `chunk` at a time,
+    which bounds the memory of the ranked similarities."""
+    ranked, score, accepted = [], [], []
+    for start in range(0, len(features), chunk):
+        batch = features[start : start + chunk]
+        ranked.append(core.search(batch, depth, threshold=-np.inf).ids)
+        decided = core.search(batch, DECISION_K)
+        score.append(decided.score)
+        accepted.append(~decided.fallback)
+    return Answers(np.vstack(ranked), np.concatenate(score), np.concatenate(accepted))
+
+
+def restrict(queries: Queries, keep: np.ndarray) -> Queries:
+    """The queries against a collection of only the references `keep` (bool, one per reference): reference ids
+    renumbered among those kept, and copies of a reference left out counted as negatives (distractors)."""
+    keep = np.asarray(keep, dtype=bool)
+    new_id = np.where(keep, np.cumsum(keep) - 1, -1)
+    reference = np.where(queries.reference >= 0, new_id[np.clip(queries.reference, 0, None)], -1)
+    kinds = np.where((queries.reference >= 0) & (reference < 0), "distractor", queries.kinds)
+    return Queries(queries.sources, queries.edits, queries.strengths, kinds, reference, queries.seeds,
+                   queries.canvases)
 
 
 def summary(queries: Queries, answers: Answers) -> dict[str, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from .copydetect import PhotoSplit, Queries, plan_queries, render_query, scene_s
 from .evaluate import load_wallpaper_groups
 from .features import extract_features
 from .files import find_images
-from .threshold import COPY_BATCH, calibration_sample, embed_edited_copies
+from .threshold import CALIBRATION_SAMPLE, COPY_BATCH, calibration_sample, edited_copy, embed_edited_copies
 
 ROOT = Path(__file__).resolve().parents[1]  # the project: data/ and, beside it, ../shared/datasets
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -93,28 +94,64 @@ class CopyDetectionFeatures:
 
 
 def embed_copy_detection(backbone, data: CopyDetectionSet, cache: Path | None = None) -> CopyDetectionFeatures:
-    """The features of `data`, computed (a few minutes for the full benchmark on 2 cores) or read from `cache`, a
-    folder where they are kept under a key of everything they depend on (files, plan, backbone weights, library
-    versions, the edit and protocol code)."""
-    path = None if cache is None else Path(cache) / f"copydetect-{backbone.name}-{_cache_key(backbone, data)}.npz"
-    if path is not None and path.is_file():
+    """The features of `data`, computed (about ten minutes for the full benchmark on 2 cores) or read from `cache`,
+    a folder where they are kept under a key of everything they depend on: files, plan, backbone weights, library
+    versions, and the code that makes the images (`simlib.edits`, `render_query`; for the calibration copies, kept
+    apart, `edited_copy`, `embed_edited_copies` and the sample size)."""
+    from . import edits
+
+    def queries() -> dict[str, np.ndarray]:
+        return {"references": _extract(backbone, data.references),
+                "background": _extract(backbone, data.split.background),
+                "queries": embed_queries(backbone, data.queries)}
+
+    def calibration() -> dict[str, np.ndarray]:
+        copies, copied = _calibration_copies(backbone, data.references)
+        return {"calibration": copies, "calibration_ids": copied}
+
+    files = sorted({*data.references, *data.split.background, *data.queries.sources})
+    plan = [data.queries.edits.tolist(), data.queries.seeds.tolist(), [str(c) for c in data.queries.canvases]]
+    made = cached_arrays(cache, f"copydetect-{backbone.name}", queries, backbone, files, plan, edits, render_query)
+    calibrated = cached_arrays(cache, f"calibration-{backbone.name}", calibration, backbone, data.references,
+                               edited_copy, embed_edited_copies, CALIBRATION_SAMPLE)
+    return CopyDetectionFeatures(**made, **calibrated)
+
+
+def cached_arrays(cache: Path | None, name: str, compute, backbone, files, *depends) -> dict[str, np.ndarray]:
+    """`compute()`'s arrays (a dict), kept in the folder `cache` (None: not kept) under `name` and a key of the
+    backbone's weights (None: no backbone), `files` (names and sizes), library versions and `depends` (plain data,
+    or modules and functions whose source counts)."""
+    if cache is None:
+        return compute()
+    import albumentations
+    import cv2
+    import PIL
+
+    parts = {
+        "weights": None if backbone is None else backbone.weights_sha256,
+        "files": [(Path(p).name, Path(p).stat().st_size) for p in files],
+        "versions": [albumentations.__version__, cv2.__version__, PIL.__version__, np.__version__],
+        "depends": [_source_digest(d) if inspect.ismodule(d) or inspect.isfunction(d) else d for d in depends],
+    }
+    key = hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+    path = Path(cache) / f"{name}-{key}.npz"
+    if path.is_file():
         with np.load(path, allow_pickle=False) as stored:
-            return CopyDetectionFeatures(**{name: stored[name] for name in stored.files})
-    copies, copied = _calibration_copies(backbone, data.references)
-    features = CopyDetectionFeatures(
-        references=_extract(backbone, data.references),
-        background=_extract(backbone, data.split.background),
-        queries=embed_queries(backbone, data.queries),
-        calibration=copies,
-        calibration_ids=copied,
-    )
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            return {k: stored[k] for k in stored.files}
+    arrays = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **features.__dict__)
+            np.savez(handle, **arrays)
         os.replace(tmp, path)
-    return features
+    finally:
+        tmp.unlink(missing_ok=True)
+    return arrays
+
+
+def _source_digest(code) -> str:
+    return hashlib.sha256(inspect.getsource(code).encode()).hexdigest()
 
 
 def _extract(backbone, paths: list[Path]) -> np.ndarray:
@@ -140,24 +177,6 @@ def embed_queries(backbone, queries: Queries) -> np.ndarray:
     return out
 
 
-def _cache_key(backbone, data: CopyDetectionSet) -> str:
-    import albumentations
-    import cv2
-    import PIL
-
-    from . import copydetect, edits
-
-    files = sorted({*data.references, *data.split.background, *data.queries.sources})
-    parts = {
-        "files": [(p.name, p.stat().st_size) for p in files],
-        "plan": [data.queries.edits.tolist(), data.queries.seeds.tolist(), [str(c) for c in data.queries.canvases]],
-        "weights": backbone.weights_sha256,
-        "versions": [albumentations.__version__, cv2.__version__, PIL.__version__],
-        "code": [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest() for m in (copydetect, edits)],
-    }
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
-
-
 # ------------------------------------------------------------------ the notebooks' datasets
 
 
@@ -175,11 +194,12 @@ class NotebookDataset:
 
 
 def notebook_dataset(
-    dataset: str, shared: Literal["wallpapers", "copy-detection"] = "wallpapers", *, root: Path = ROOT
+    dataset: str, shared: Literal["wallpapers", "copy-detection", "rated"] = "wallpapers", *, root: Path = ROOT
 ) -> NotebookDataset:
-    """"bundled": `data/collection` (26 rated photos) and the queries in `data/queries`. "shared": the 106 wallpapers
-    in their near-duplicate groups, or the copy-detection benchmark (`copy_detection_set`) when `shared` says so.
-    ValueError for another name, FileNotFoundError naming the folder when the shared datasets are absent."""
+    """"bundled": `data/collection` (26 rated photos) and the queries in `data/queries`. "shared": the set of
+    `../shared/datasets` that `shared` names: the 106 wallpapers in their near-duplicate groups, the copy-detection
+    benchmark (`copy_detection_set`), or the 31 photos rated with ExifTool. ValueError for another name,
+    FileNotFoundError naming the folder when the shared datasets are absent."""
     if dataset not in DATASETS:
         raise ValueError(f"DATASET must be 'bundled' or 'shared', got {dataset!r}")
     if dataset == "bundled":
@@ -195,4 +215,7 @@ def notebook_dataset(
     if shared == "copy-detection":
         data = copy_detection_set(folder)
         return NotebookDataset("copy detection", data.references, np.arange(len(data.references)), [], [], data)
-    raise ValueError(f"shared must be 'wallpapers' or 'copy-detection', got {shared!r}")
+    if shared == "rated":
+        paths, problems = find_images(folder / "rated")
+        return NotebookDataset("rated photos", paths, None, [], problems)
+    raise ValueError(f"shared must be 'wallpapers', 'copy-detection' or 'rated', got {shared!r}")

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .copydetect import Queries, search_answers, summary
 from .evaluate import ann_recall_at_k, evaluate_configuration
 from .index import IndexParams, bytes_per_vector, check_vectors, exact_search
 from .reduce import PCA, normalize_rows
@@ -58,6 +59,35 @@ def sweep_pca(
                                  config=SearchConfig(pca_dim=None, index=exact))
     table = pd.concat(rows + [raw.assign(whiten=False)], ignore_index=True)
     return table.assign(fitted_on=len(fit))
+
+
+def sweep_pca_copy_detection(
+    references: np.ndarray,
+    query_features: np.ndarray,
+    queries: Queries,
+    *,
+    fit_on: dict[str, np.ndarray],
+    dims: Sequence[int] = (8, 16, 32, 64, 128, 256),
+    whiten: Sequence[bool] = (False, True),
+) -> pd.DataFrame:
+    """Copy-detection scores (`simlib.copydetect.summary`: muAP, R@P90, top-1, mAP, AUROC) against the number of
+    PCA dimensions, with and without whitening, for a PCA fitted on each array of `fit_on` (name -> features, e.g.
+    the references as a collection fits itself, a separate background set), and the raw features as the reference
+    (`pca` == 'raw'). Exact search and the product's match score, so only the reduction varies; sizes above what a
+    fit supports are measured once, at the most it supports."""
+    exact = IndexParams("exact")
+    rows = []
+    for name, fit in fit_on.items():
+        full = PCA(max(int(d) for d in dims)).fit(fit)
+        for d, w in itertools.product(sorted({min(int(d), full.n_components_) for d in dims}), whiten):
+            core = SearchCore(SearchConfig(pca_dim=d, whiten=w, index=exact, threshold=0.0)).fit(
+                references, pca=full.truncated(d, w))
+            scores = summary(queries, search_answers(core, query_features))
+            rows.append({"fitted on": name, "pca": f"PCA-{d}", "dims": d, "whiten": w, **scores})
+    raw = SearchCore(SearchConfig(pca_dim=None, index=exact, threshold=0.0)).fit(references)
+    rows.append({"fitted on": "-", "pca": "raw", "dims": references.shape[1], "whiten": False,
+                 **summary(queries, search_answers(raw, query_features))})
+    return pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------ HNSW parameters
@@ -174,10 +204,10 @@ def synthetic_like(vectors: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 # ------------------------------------------------------------------ match threshold and rating fallback
 
 
-def fallback_rate(best_similarities: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """For each threshold, the fraction of queries whose best visual similarity is below it, i.e. whose search
-    falls back to ratings."""
-    best = np.asarray(best_similarities, dtype=np.float64)
+def fallback_rate(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """For each threshold, the fraction of queries whose match score is below it, i.e. whose search falls back to
+    ratings."""
+    best = np.asarray(scores, dtype=np.float64)
     return (best[None, :] < np.asarray(thresholds, dtype=np.float64)[:, None]).mean(axis=1)
 
 

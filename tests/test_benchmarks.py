@@ -17,8 +17,9 @@ TITLES = {
     "ann": "2. ANN search",
     "latency": "3. Query latency",
     "quality": "4. Retrieval quality",
+    "copydetect": "6. Copy detection",
 }
-TABLES = {"throughput": 1, "ann": 4, "latency": 2, "quality": 2}  # tables each section writes when it runs
+TABLES = {"throughput": 1, "ann": 4, "latency": 2, "quality": 2, "copydetect": 8}  # tables each section writes
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_quick_run_names_the_machine_and_every_headline_target(results):
     headlines = results.split("## Headline figures", 1)[1].split("\n## ", 1)[0]
     assert "b/a" in headlines and "b/ceiling" in headlines
     if SHARED.is_dir() and offline_backbone_available():
-        for figure in ("ANN one-query QPS", "query p50", "mAP loss"):
+        for figure in ("ANN one-query QPS", "query p50", "muAP loss, PCA-128 + HNSW", "false-match rate"):
             assert figure in headlines
 
 
@@ -58,6 +59,11 @@ def test_quick_run_measures_recall_and_quality_within_sane_bounds(results):
     quality = sections(results)["quality"]
     raw_exact = re.search(r"^\| raw \| - \| 1280 \| exact \| ([0-9.]+) \|", quality, flags=re.MULTILINE)
     assert raw_exact and 0.5 <= float(raw_exact.group(1)) <= 1.0  # real features find their near-duplicates
+    copies = sections(results)["copydetect"]
+    row = re.search(r"^\| raw 1280-d, exact \| 1280 \| ([0-9.]+) \|", copies, flags=re.MULTILINE)
+    assert row and 0.3 <= float(row.group(1)) <= 1.0  # real features find most copies first
+    hashes = re.findall(r"^\| imagededup \w+ \(64 bits\) \| 64 \| ([0-9.]+) \|", copies, flags=re.MULTILINE)
+    assert len(hashes) == 2
     ann = sections(results)["ann"]
     row = r"^\| simlib \(FAISS HNSW\) \| one query \| 128 \| ([0-9.]+) \|"
     recalls = [float(r) for r in re.findall(row, ann, re.MULTILINE)]

@@ -15,10 +15,15 @@ from simlib.copydetect import (  # noqa: E402
     copydays_map,
     plan_queries,
     render_query,
+    restrict,
     scene_split,
+    search_answers,
     split_photos,
     summary,
 )
+from simlib.index import IndexParams  # noqa: E402
+from simlib.reduce import normalize_rows  # noqa: E402
+from simlib.search_core import SearchConfig, SearchCore  # noqa: E402
 from simlib.edits import STRENGTHS, edits_of  # noqa: E402
 
 from .conftest import scene  # noqa: E402
@@ -130,3 +135,23 @@ def test_scores_per_strength_and_edit_by_hand():
 def test_copydays_map_counts_a_missing_original_as_zero():
     ranked = np.array([[2, 0, 1], [3, 4, 5]])
     assert copydays_map(np.array([0, 9]), ranked, np.array([True, True])) == pytest.approx((1 / 2 + 0) / 2)
+
+
+def test_answers_come_from_the_search_core_as_a_collection_asks_it():
+    rng = np.random.default_rng(0)
+    references = normalize_rows(rng.standard_normal((300, 16)))
+    queries = normalize_rows(np.vstack([references[:20] + 0.1 * rng.standard_normal((20, 16)),
+                                        rng.standard_normal((20, 16))]))
+    core = SearchCore(SearchConfig(pca_dim=None, index=IndexParams("exact"), threshold=0.6)).fit(references)
+    answers = search_answers(core, queries, depth=5, chunk=7)  # chunks of 7 give the same as one search
+    hits = core.search(queries, 10)
+    assert np.array_equal(answers.ranked, core.search(queries, 5, threshold=-np.inf).ids)
+    assert np.allclose(answers.score, hits.score) and np.array_equal(answers.accepted, ~hits.fallback)
+    assert answers.accepted[:20].all() and not answers.accepted[20:].any()  # copies match, random vectors do not
+
+
+def test_restricting_the_references_turns_copies_of_those_left_out_into_negatives():
+    queries = toy_queries()
+    kept = restrict(queries, np.array([False, True, True, False]))
+    assert kept.reference.tolist() == [-1, 0, 1, -1, -1, -1]
+    assert kept.kinds.tolist() == ["distractor", "copy", "copy", "distractor", "distractor", "scene"]
