@@ -99,16 +99,45 @@ def build_index(vectors: np.ndarray, params: IndexParams = IndexParams()) -> fai
         index = faiss.IndexHNSWFlat(d, int(params.M))
         index.hnsw.efConstruction = int(params.ef_construction)
         index.hnsw.efSearch = int(params.ef_search)
-    add_vectors(index, vectors)
+    if len(vectors):
+        index.add(vectors)  # on every core: links depend on thread timing, so a build is saved whole
+        prefer_huge_pages(index)
     return index
 
 
+LEVEL_SEED = 0x51B11B  # seeds the HNSW levels of added vectors, with the id of the first one
+
+
 def add_vectors(index: faiss.Index, vectors: np.ndarray) -> None:
-    """Append `vectors`; they get ids ntotal, ntotal + 1, ..."""
+    """Append `vectors`; they get ids ntotal, ntotal + 1, ...
+
+    The same batch added to the same index gives the same graph in any process: the HNSW levels of the new nodes
+    are drawn from `LEVEL_SEED` and the first new id (FAISS would draw them from a generator whose state is not
+    saved), and the links are made on one thread (on several, they depend on which thread gets where first). So a
+    saved graph completed at load time with the batches added since (`simlib.store`) is the graph that was saved.
+    """
     vectors = check_vectors(vectors, index.d)
-    if len(vectors):
+    if not len(vectors):
+        return
+    if isinstance(index, faiss.IndexHNSW):
+        _preset_levels(index.hnsw, len(vectors), index.ntotal)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # per calling thread in OpenMP: other threads keep theirs
+    try:
         index.add(vectors)
-        prefer_huge_pages(index)  # adding may have moved the arrays
+    finally:
+        faiss.omp_set_num_threads(threads)
+    prefer_huge_pages(index)  # adding may have moved the arrays
+
+
+def _preset_levels(hnsw: faiss.HNSW, n: int, first_id: int) -> None:
+    """Draw the levels of n new nodes as FAISS's `HNSW::random_level` does, from a generator seeded by `first_id`;
+    FAISS uses levels already present for the nodes it adds."""
+    probabilities = faiss.vector_to_array(hnsw.assign_probas)
+    draws = np.random.default_rng((LEVEL_SEED, first_id)).random(n)
+    levels = np.minimum(np.searchsorted(np.cumsum(probabilities), draws, side="right"), len(probabilities) - 1)
+    existing = faiss.vector_to_array(hnsw.levels)
+    faiss.copy_array_to_vector(np.concatenate([existing, levels.astype(np.int32) + 1]), hnsw.levels)
 
 
 _HUGE_PAGE = 2 << 20
