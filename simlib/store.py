@@ -515,6 +515,7 @@ class Writer:
         self.epoch = settings["epoch"] + 1 if fresh else settings["epoch"]
         self.generation = settings["generation"] + 1
         self.rows_total: int | None = None  # ids the collection holds once committed; set by the caller
+        self._old_images = fresh  # a fresh write empties the images table, once it has copied what it keeps
 
     def append(self, kind: str, array: np.ndarray) -> None:
         """Append rows to the features or vectors file (a new file in a fresh write)."""
@@ -570,6 +571,7 @@ class Writer:
         return name
 
     def insert_rows(self, ids: Sequence[int], rows: Sequence[Row]) -> None:
+        self._drop_old_images()
         self.db.executemany(f"INSERT INTO images ({_ROW_COLUMNS}, conflict) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (_row_values(int(i), row) for i, row in zip(ids, rows)))
 
@@ -580,6 +582,7 @@ class Writer:
 
     def remove_rows(self, ids: Sequence[int]) -> None:
         """Removed ids: their rows go, their vectors stay (filtered out) until the collection is compacted."""
+        self._drop_old_images()
         self.db.executemany("DELETE FROM images WHERE id = ?", ((int(i),) for i in ids))
         self.db.executemany("INSERT OR IGNORE INTO removed VALUES (?)", ((int(i),) for i in ids))
 
@@ -594,7 +597,9 @@ class Writer:
             self.db.execute("ALTER TABLE images RENAME TO images_before")
             self.db.execute(f"CREATE TABLE main.images {IMAGES}")
         else:
+            self.db.execute("DELETE FROM main.images")
             self.db.execute("ATTACH DATABASE ? AS source", (f"file:{source / DATABASE}?mode=ro",))
+        self._old_images = False
         table = "main.images_before" if same else "source.images"
         self.db.execute(f"INSERT INTO main.images ({_ROW_COLUMNS}, conflict) SELECT keep.new, i.path, i.size, "
                         f"i.mtime_ns, i.sha256, i.sidecars, i.stars, i.rating, i.conflict FROM keep JOIN {table} i "
@@ -605,6 +610,13 @@ class Writer:
         self.db.execute("DROP TABLE temp.keep")
         if same:
             self.db.execute("DROP TABLE images_before")
+        else:
+            self.db.execute("DETACH DATABASE source")
+
+    def _drop_old_images(self) -> None:
+        if self._old_images:
+            self.db.execute("DELETE FROM images")
+            self._old_images = False
 
     def set_errors(self, errors: Sequence[tuple[str, str]]) -> None:
         self.db.execute("DELETE FROM errors")
@@ -623,6 +635,7 @@ class Writer:
             self.db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, json.dumps(value, allow_nan=False)))
 
     def _commit(self) -> None:
+        self._drop_old_images()
         if self.rows_total is None:
             raise ValueError("a save must say how many ids the collection holds (rows_total)")
         self.set_settings({"epoch": self.epoch, "generation": self.generation, "rows": self.rows_total,
@@ -657,7 +670,7 @@ def write(folder: str | os.PathLike, *, generation: int | None, fresh: bool) -> 
                     )
                 writer = Writer(folder, db, settings, fresh)
                 if fresh:
-                    for table in ("images", "removed", "errors", "arrays", "files", "chunks"):
+                    for table in ("removed", "errors", "arrays", "files", "chunks"):
                         db.execute(f"DELETE FROM {table}")
                 try:
                     yield writer
