@@ -206,6 +206,8 @@ class Collection:
             except OSError as exc:
                 errors.append(FileError(path, f"cannot read: {exc.strerror or exc}"))
         readable = [p for p in paths if p in stamps]
+        if not readable:
+            return [], errors
         result = extract_features(self.backbone, readable, batch_size=batch_size, num_workers=num_workers,
                                   progress=progress)
         added = [(ImageRecord(readable[i], read_rating(readable[i]), stamps[readable[i]]), result.features[j])
@@ -443,14 +445,17 @@ class Collection:
         min_rating: float | None = None,
         under: str | os.PathLike | None = None,
         exclude: Sequence[int] = (),
-        query_rating: Rating | None = None,
+        query_rating: Rating | float | None = None,
         ef_search: int | None = None,
         name: str = "<features>",
     ) -> SearchResponse:
         """`search` for a query whose backbone features (dim,) are already extracted; its rating is
-        `query_rating` (default unrated)."""
+        `query_rating` (a `Rating`, or stars; default unrated)."""
         core = self._built()
-        rating = query_rating or Rating(None, None)
+        if isinstance(query_rating, Rating):
+            rating = query_rating
+        else:
+            rating = Rating(None, None) if query_rating is None else _given_rating(query_rating)
         threshold = core.threshold if threshold is None else float(threshold)
         hits = core.search(
             np.asarray(features)[None], k, threshold=threshold, ef_search=ef_search, min_rating=min_rating,
@@ -787,12 +792,16 @@ def _resolve_sources(source) -> tuple[list[str], list[FileError]]:
     return list(unique), errors
 
 
+def _given_rating(value: float) -> Rating:
+    stars = float(value)
+    if not (stars == REJECTED or 0 <= stars <= 5):
+        raise ValueError(f"query rating must be -1 (rejected) or within 0..5, got {value}")
+    return Rating(stars, "given by the caller", (RatingValue("given by the caller", str(value), stars),))
+
+
 def _query_rating(query, override: float | None) -> Rating:
     if override is not None:
-        stars = float(override)
-        if not (stars == REJECTED or 0 <= stars <= 5):
-            raise ValueError(f"query rating must be -1 (rejected) or within 0..5, got {override}")
-        return Rating(stars, "given by the caller", (RatingValue("given by the caller", str(override), stars),))
+        return _given_rating(override)
     if isinstance(query, Image.Image):
         return Rating(None, None)
     if isinstance(query, (str, os.PathLike, bytes, bytearray)):
