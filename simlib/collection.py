@@ -361,20 +361,21 @@ class Collection:
         core = self._built()
         folder = Path(os.path.abspath(folder))
         files, walk_errors = find_images(folder)
-        recorded = [(i, r) for i, r in self.records.scan(folder) if core.live_[i]]
+        recorded = [entry for entry in self.records.stamps(folder) if core.live_[entry[0]]]
         plan = plan_sync(recorded, files)
-        report = SyncReport(unchanged=plan.unchanged, touched=len(plan.touched),
-                            skipped=walk_errors + plan.errors)
-        self.records.update([i for i, _ in plan.touched], [r for _, r in plan.touched])
+        report = SyncReport(touched=len(plan.touched), skipped=walk_errors + plan.errors)
+        self._restamp(plan.touched)
         report.rating_changed = self._rerate(plan.rerate)
-        report.removed = core.remove([i for i, _ in plan.removed])
-        core.remove([i for i, _ in plan.changed])
-        fresh = plan.added + [r.path for _, r in plan.changed]
+        report.unchanged = plan.unchanged + len(plan.rerate) - report.rating_changed
+        report.removed = core.remove([i for i, _, _ in plan.removed])
+        core.remove([i for i, _, _ in plan.changed])
+        fresh = plan.added + [path for _, path, _ in plan.changed]
         added, errors = self._extract(fresh, progress, batch_size, num_workers)
         failed = {e.path for e in errors}
-        report.added = sum(r.path in plan.added for r, _ in added)
+        new = set(plan.added)
+        report.added = sum(record.path in new for record, _ in added)
         report.changed = len(added) - report.added
-        report.removed += sum(r.path in failed for _, r in plan.changed)  # changed into something unreadable
+        report.removed += sum(path in failed for _, path, _ in plan.changed)  # changed into something unreadable
         report.skipped += errors
         self.errors = [e for e in self.errors if not e.path.startswith(os.path.join(folder, ""))] + report.skipped
         if added:
@@ -382,14 +383,17 @@ class Collection:
         self._forget()
         return report
 
-    def _rerate(self, candidates: list[tuple[int, ImageRecord]]) -> int:
-        """Read again the ratings of `candidates` (id, record with the new stamp); returns how many changed."""
-        changed = []
-        for i, record in candidates:
-            rating = read_rating(record.path)
-            changed.append((i, replace(record, rating=rating)))
-        ids = [i for i, _ in changed]
+    def _restamp(self, entries: list[tuple[int, str, FileStamp]]) -> None:
+        """New stamps for the records of files only touched."""
+        ids = [i for i, _, _ in entries]
+        self.records.update(ids, [replace(r, stamp=stamp) for r, (_, _, stamp) in zip(self.records.records(ids),
+                                                                                    entries)])
+
+    def _rerate(self, entries: list[tuple[int, str, FileStamp]]) -> int:
+        """Read again the ratings of `entries` (id, path, the stamp now); returns how many changed."""
+        ids = [i for i, _, _ in entries]
         old = self.records.records(ids)
+        changed = [(i, ImageRecord(path, read_rating(path), stamp)) for i, path, stamp in entries]
         differs = [(i, r) for (i, r), before in zip(changed, old) if r.rating != before.rating]
         self.records.update(ids, [r for _, r in changed])  # the new sidecar stamps, whether or not the rating moved
         if differs:

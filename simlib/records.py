@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from .ratings import Rating, sidecar_paths
+from .ratings import Rating
 
 HASH_BLOCK = 1 << 20  # bytes read at a time while hashing a file
 
@@ -36,11 +37,11 @@ class FileStamp:
     @classmethod
     def of(cls, path: str | os.PathLike) -> "FileStamp":
         """The stamp of the file at `path` now (reads the whole file to hash it)."""
-        stat = os.stat(path)
-        return cls(stat.st_size, stat.st_mtime_ns, file_sha256(path), sidecar_stamp(Path(path)))
+        info = os.stat(path)
+        return cls(info.st_size, info.st_mtime_ns, file_sha256(path), sidecar_stamp(path))
 
-    def same_size_and_time(self, stat: os.stat_result) -> bool:
-        return (self.size, self.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    def same_size_and_time(self, info: os.stat_result) -> bool:
+        return (self.size, self.mtime_ns) == (info.st_size, info.st_mtime_ns)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -51,15 +52,18 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def sidecar_stamp(path: Path) -> str:
-    """The XMP sidecars of `path` that exist, in precedence order, as "name size mtime_ns" lines."""
+def sidecar_stamp(path: str | os.PathLike) -> str:
+    """The XMP sidecars of `path` that exist, in precedence order (those `simlib.ratings.sidecar_paths` reads), as
+    "name size mtime_ns" lines. With plain stat calls: a sync makes one for every file of the library."""
+    path = os.fspath(path)
     lines = []
-    for sidecar in sidecar_paths(path):
+    for sidecar in dict.fromkeys((path + ".xmp", os.path.splitext(path)[0] + ".xmp")):
         try:
-            stat = sidecar.stat()
+            info = os.stat(sidecar)
         except OSError:
             continue
-        lines.append(f"{sidecar.name} {stat.st_size} {stat.st_mtime_ns}")
+        if sidecar != path and stat.S_ISREG(info.st_mode):
+            lines.append(f"{os.path.basename(sidecar)} {info.st_size} {info.st_mtime_ns}")
     return "\n".join(lines)
 
 
@@ -91,6 +95,8 @@ class RowSource(Protocol):
     def ids_of(self, keys: Sequence[str]) -> dict[str, int]: ...
 
     def scan(self, key_prefix: str | None, absolute_prefix: str) -> Iterator[tuple[int, Row]]: ...
+
+    def stamps(self, key_prefix: str | None, absolute_prefix: str) -> Iterator[tuple[int, str, FileStamp | None]]: ...
 
 
 class Records:
@@ -195,6 +201,20 @@ class Records:
             row = self._rows[j]
             if _matches(row.key, key_prefix, absolute):
                 yield i, ImageRecord(self.absolute(row.key), row.rating, row.stamp)
+
+    def stamps(self, folder: str | os.PathLike) -> Iterator[tuple[int, str, FileStamp | None]]:
+        """(id, absolute path, stamp) of every id whose file lies in `folder` or below it, without the ratings:
+        what a sync compares with the files."""
+        key_prefix, absolute = self._prefixes(folder)
+        if self.source is not None:
+            inverse = self._inverse()
+            for stored_id, key, stamp in self.source.stamps(key_prefix, absolute):
+                if stored_id < len(inverse) and inverse[stored_id] >= 0:
+                    yield int(inverse[stored_id]), self.absolute(key), stamp
+        for i, j in self._held():
+            row = self._rows[j]
+            if _matches(row.key, key_prefix, absolute):
+                yield i, self.absolute(row.key), row.stamp
 
     def _prefixes(self, folder: str | os.PathLike) -> tuple[str | None, str]:
         """How keys of files under `folder` begin: relative keys with the first (None: no relative key lies

@@ -402,6 +402,18 @@ class Snapshot:
             rows = self._db.execute(f"SELECT {_ROW_COLUMNS} FROM images WHERE {clause}", arguments).fetchall()
         return (self._parse(row) for row in rows)
 
+    def stamps(self, key_prefix: str | None, absolute_prefix: str) -> Iterator[tuple[int, str, FileStamp | None]]:
+        clause, arguments = _prefix_ranges(key_prefix, absolute_prefix)
+        with self._lookup():
+            rows = self._db.execute(f"SELECT id, path, size, mtime_ns, sha256, sidecars FROM images WHERE {clause}",
+                                    arguments).fetchall()
+        for i, path, size, mtime_ns, digest, sidecars in rows:
+            try:
+                stamp = None if size is None else FileStamp(int(size), int(mtime_ns), digest, _text(sidecars))
+                yield i, _text(path), stamp
+            except (TypeError, ValueError) as exc:
+                raise CollectionFileError(f"{self.folder / DATABASE}: image row {i} is malformed ({exc})") from None
+
     def rating_counts(self) -> dict[str | float, int]:
         """Live images per rating value (None: unrated), and the number with conflicting sources (key 'conflicts')."""
         with self._lookup():

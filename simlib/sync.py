@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Sequence
 
 from .images import FileError
-from .records import FileStamp, ImageRecord, file_sha256, sidecar_stamp
+from .records import FileStamp, file_sha256, sidecar_stamp
+
+Recorded = tuple[int, str, "FileStamp | None"]  # id, absolute path, the file's stamp when it was indexed
 
 
 @dataclass
 class SyncPlan:
     """What a sync does. Each recorded image is in exactly one of removed, changed, rerate or unchanged;
-    `touched` (same content, new size or time) overlaps rerate and unchanged."""
+    `touched` (same content, new size or time) overlaps rerate and unchanged. Entries carry the stamp the record
+    should have now."""
 
     added: list[str] = field(default_factory=list)  # files with no record: extract
-    removed: list[tuple[int, ImageRecord]] = field(default_factory=list)  # records whose file is gone
-    changed: list[tuple[int, ImageRecord]] = field(default_factory=list)  # content differs: extract again
-    rerate: list[tuple[int, ImageRecord]] = field(default_factory=list)  # sidecars changed (record: new stamp)
-    touched: list[tuple[int, ImageRecord]] = field(default_factory=list)  # record with the new size and time
+    removed: list[Recorded] = field(default_factory=list)  # records whose file is gone
+    changed: list[Recorded] = field(default_factory=list)  # content differs: extract again
+    rerate: list[Recorded] = field(default_factory=list)  # sidecars changed: read the rating again
+    touched: list[Recorded] = field(default_factory=list)  # same content with a new size or time
     unchanged: int = 0
     errors: list[FileError] = field(default_factory=list)  # files that could not be examined (records kept)
 
@@ -51,39 +53,37 @@ class SyncReport:
                 f"changed, {self.unchanged} unchanged{touched}, {len(self.skipped)} skipped")
 
 
-def plan_sync(recorded: Sequence[tuple[int, ImageRecord]], files: Sequence[str | os.PathLike]) -> SyncPlan:
-    """Compare `recorded` (id, record) with the image `files` found under the same folder now."""
+def plan_sync(recorded: Sequence[Recorded], files: Sequence[str | os.PathLike]) -> SyncPlan:
+    """Compare `recorded` (id, path, stamp) with the image `files` found under the same folder now."""
     plan = SyncPlan()
-    by_path = {record.path: (i, record) for i, record in recorded}
+    by_path = {path: (i, path, stamp) for i, path, stamp in recorded}
     for file in files:
         path = os.fspath(file)
-        if path not in by_path:
+        entry = by_path.pop(path, None)
+        if entry is None:
             plan.added.append(path)
             continue
-        i, record = by_path.pop(path)
         try:
-            _compare(plan, i, record, path)
+            _compare(plan, *entry)
         except FileNotFoundError:
-            plan.removed.append((i, record))
+            plan.removed.append(entry)
         except OSError as exc:
             plan.errors.append(FileError(path, f"cannot read: {exc.strerror or exc}"))
     plan.removed.extend(by_path.values())
     return plan
 
 
-def _compare(plan: SyncPlan, i: int, record: ImageRecord, path: str) -> None:
+def _compare(plan: SyncPlan, i: int, path: str, stamp: FileStamp | None) -> None:
     stat = os.stat(path)
-    stamp = record.stamp
     if stamp is None or not stamp.same_size_and_time(stat):
         digest = file_sha256(path)
         if stamp is None or stamp.sha256 != digest:
-            plan.changed.append((i, record))
+            plan.changed.append((i, path, stamp))
             return
         stamp = FileStamp(stat.st_size, stat.st_mtime_ns, digest, stamp.sidecars)
-        record = replace(record, stamp=stamp)
-        plan.touched.append((i, record))
-    sidecars = sidecar_stamp(Path(path))
+        plan.touched.append((i, path, stamp))
+    sidecars = sidecar_stamp(path)
     if sidecars != stamp.sidecars:
-        plan.rerate.append((i, replace(record, stamp=replace(stamp, sidecars=sidecars))))
+        plan.rerate.append((i, path, replace(stamp, sidecars=sidecars)))
     else:
         plan.unchanged += 1
