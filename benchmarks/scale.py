@@ -2,7 +2,7 @@
 ResNet-18 (512-d) and EfficientNet-Lite0 (1,280-d), through `Collection`: the folder's size, save, load, add 100
 camera photos and save, sync with nothing changed, remove 1,000 and search, the time a query costs beyond decoding
 and embedding it (visual, fallback, minimum rating), and the peak RSS of each. Every step runs in a fresh process
-(`python -m benchmarks.scale STEP ARGS`), so its time and its peak RSS (`resource.getrusage`) are its own; a quick
+(`python -m benchmarks.scale STEP ARGS`), so its time and its peak RSS (VmHWM) are its own; a quick
 run (a few thousand images) runs them in this process and measures no RSS.
 
 The images are synthetic but laid out like a camera library: a folder per day (`2019/2019-07-14/`), `IMG_*.JPG`
@@ -113,7 +113,8 @@ def run(config: RunConfig) -> Section:
         shutil.rmtree(work, ignore_errors=True)
     table = pd.DataFrame(rows)
     measured = ("A quick run does every step in this process and measures no RSS." if config.quick else
-                "Peak RSS is each process's `ru_maxrss`, which counts the pages of memory-mapped files it touched.")
+                "Peak RSS is each process's VmHWM (its resident high-water mark), which counts the pages of "
+                "memory-mapped files it touched.")
     section.text(
         f"Each collection is saved into an empty folder, then each step below starts a new process that loads it. "
         f"{measured} In order: save (in the process that assembled the collection from its inputs: records, "
@@ -235,7 +236,13 @@ def _backbone(args: dict):
 
 
 def _rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+    """This process's peak RSS in GB: VmHWM, the high-water mark of its own memory (`ru_maxrss` would report the
+    parent's when that was larger: Linux carries it across the fork and exec that start the step)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _save(args: dict) -> dict:

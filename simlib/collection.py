@@ -20,7 +20,7 @@ from PIL import Image
 from . import store
 from .backbones import Backbone, load_backbone
 from .features import Progress, embed_query, extract_features
-from .files import find_images
+from .files import find_images, walk_images
 from .images import FileError, ImageSource, source_name, to_rgb
 from .manifest import BackboneRecord, Manifest, PCARecord, RootRecord
 from .ratings import REJECTED, Rating, RatingValue, format_stars, read_rating
@@ -360,10 +360,10 @@ class Collection:
         a file only touched costs no inference) and read again the ratings whose sidecars changed."""
         core = self._built()
         folder = Path(os.path.abspath(folder))
-        files, walk_errors = find_images(folder)
+        walked = walk_images(folder)
         recorded = [entry for entry in self.records.stamps(folder) if core.live_[entry[0]]]
-        plan = plan_sync(recorded, files)
-        report = SyncReport(touched=len(plan.touched), skipped=walk_errors + plan.errors)
+        plan = plan_sync(recorded, walked.images, walked.sidecars)
+        report = SyncReport(touched=len(plan.touched), skipped=walked.errors + plan.errors)
         self._restamp(plan.touched)
         report.rating_changed = self._rerate(plan.rerate)
         report.unchanged = plan.unchanged + len(plan.rerate) - report.rating_changed

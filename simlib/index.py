@@ -15,6 +15,7 @@ import ctypes
 import functools
 import math
 import sys
+import threading
 from dataclasses import asdict, dataclass
 from typing import Iterator, Literal
 
@@ -262,9 +263,24 @@ def index_to_bytes(index: faiss.Index) -> bytes:
     return faiss.serialize_index(index).tobytes()
 
 
-def index_from_bytes(data: bytes) -> faiss.Index:
-    index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-    prefer_huge_pages(index)
+def index_from_bytes(data: bytes, huge_pages: Literal["now", "soon"] = "now") -> faiss.Index:
+    """The index serialized in `data` (check it first: `simlib.index_check.check_index_bytes`), its large arrays
+    advised onto huge pages `now`, or `soon`: in a background thread, since collapsing the pages of a large index
+    costs about as long as reading it, and a search meanwhile is only slower, never wrong."""
+    view, position = memoryview(data), 0
+
+    def read(size: int) -> bytes:
+        nonlocal position
+        chunk = view[position : position + size]
+        position += len(chunk)
+        return chunk.tobytes()
+
+    # read in chunks: faiss.deserialize_index would first copy all the bytes into a vector of its own
+    index = faiss.read_index(faiss.PyCallbackIOReader(read, 1 << 22))
+    if huge_pages == "now":
+        prefer_huge_pages(index)
+    else:
+        threading.Thread(target=prefer_huge_pages, args=(index,), name="simlib-huge-pages", daemon=True).start()
     return index
 
 

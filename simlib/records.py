@@ -14,7 +14,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol, Sequence
+from typing import Collection, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -52,12 +52,15 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def sidecar_stamp(path: str | os.PathLike) -> str:
+def sidecar_stamp(path: str | os.PathLike, present: Collection[str] | None = None) -> str:
     """The XMP sidecars of `path` that exist, in precedence order (those `simlib.ratings.sidecar_paths` reads), as
-    "name size mtime_ns" lines. With plain stat calls: a sync makes one for every file of the library."""
+    "name size mtime_ns" lines; `present`: the .xmp paths known to exist (others are not looked for). With plain
+    stat calls: a sync makes one for every file of the library."""
     path = os.fspath(path)
     lines = []
     for sidecar in dict.fromkeys((path + ".xmp", os.path.splitext(path)[0] + ".xmp")):
+        if present is not None and sidecar not in present:
+            continue
         try:
             info = os.stat(sidecar)
         except OSError:
@@ -123,6 +126,16 @@ class Records:
     def __len__(self) -> int:
         return len(self._where)
 
+    @property
+    def root(self) -> Path | None:
+        """The folder relative keys are relative to."""
+        return self._root
+
+    @root.setter
+    def root(self, root: Path | None) -> None:
+        self._root = root
+        self._prefix = None if root is None else os.path.join(os.fspath(root), "")  # joined to a million keys
+
     def continues(self, source: RowSource, rows: int) -> bool:
         """Whether ids below `rows` are still `source`'s rows of the same ids (or changed rows held here), so that
         a save there writes only what changed."""
@@ -148,7 +161,7 @@ class Records:
         return absolute
 
     def absolute(self, key: str) -> str:
-        return key if os.path.isabs(key) else os.path.join(os.fspath(self.root), key)
+        return key if key.startswith("/") else self._prefix + key
 
     # ---------------------------------------------------------------- reading
 

@@ -342,7 +342,7 @@ class Snapshot:
         _verify_chunks(self.folder, data, content)
         try:
             check_index_bytes(content, data.rows)
-            index = index_from_bytes(content)
+            index = index_from_bytes(content, huge_pages="soon")  # loading returns while the pages collapse
         except Exception as exc:
             raise CollectionFileError(f"{self.folder}: index {data.name} cannot be parsed ({exc})") from None
         self._index_bytes = b""  # the parsed index holds its own copy

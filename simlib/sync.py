@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Collection, Sequence
 
 from .images import FileError
 from .records import FileStamp, file_sha256, sidecar_stamp
@@ -53,8 +53,10 @@ class SyncReport:
                 f"changed, {self.unchanged} unchanged{touched}, {len(self.skipped)} skipped")
 
 
-def plan_sync(recorded: Sequence[Recorded], files: Sequence[str | os.PathLike]) -> SyncPlan:
-    """Compare `recorded` (id, path, stamp) with the image `files` found under the same folder now."""
+def plan_sync(recorded: Sequence[Recorded], files: Sequence[str | os.PathLike],
+              sidecars: Collection[str] | None = None) -> SyncPlan:
+    """Compare `recorded` (id, path, stamp) with the image `files` found under the same folder now; `sidecars`:
+    the .xmp files there (None: look for each file's)."""
     plan = SyncPlan()
     by_path = {path: (i, path, stamp) for i, path, stamp in recorded}
     for file in files:
@@ -64,7 +66,7 @@ def plan_sync(recorded: Sequence[Recorded], files: Sequence[str | os.PathLike]) 
             plan.added.append(path)
             continue
         try:
-            _compare(plan, *entry)
+            _compare(plan, *entry, sidecars)
         except FileNotFoundError:
             plan.removed.append(entry)
         except OSError as exc:
@@ -73,7 +75,7 @@ def plan_sync(recorded: Sequence[Recorded], files: Sequence[str | os.PathLike]) 
     return plan
 
 
-def _compare(plan: SyncPlan, i: int, path: str, stamp: FileStamp | None) -> None:
+def _compare(plan: SyncPlan, i: int, path: str, stamp: FileStamp | None, sidecars: Collection[str] | None) -> None:
     stat = os.stat(path)
     if stamp is None or not stamp.same_size_and_time(stat):
         digest = file_sha256(path)
@@ -82,8 +84,8 @@ def _compare(plan: SyncPlan, i: int, path: str, stamp: FileStamp | None) -> None
             return
         stamp = FileStamp(stat.st_size, stat.st_mtime_ns, digest, stamp.sidecars)
         plan.touched.append((i, path, stamp))
-    sidecars = sidecar_stamp(path)
-    if sidecars != stamp.sidecars:
-        plan.rerate.append((i, path, replace(stamp, sidecars=sidecars)))
+    now = sidecar_stamp(path, sidecars)
+    if now != stamp.sidecars:
+        plan.rerate.append((i, path, replace(stamp, sidecars=now)))
     else:
         plan.unchanged += 1
