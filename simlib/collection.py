@@ -301,16 +301,16 @@ class Collection:
 
     def _feature_rows(self, rows: slice | np.ndarray) -> np.ndarray:
         """Features of a slice or an array of ids, gathered from the arrays they are held in."""
-        if self._features_from is not None:
-            self._features_from.array("features")  # the mapped file, verified once before anything reads it
-            self._features_from = None
         parts = self._features
-        if isinstance(rows, slice) and rows == slice(None):
-            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if isinstance(rows, slice):
+            if rows == slice(None):
+                self._verify_mapped_features()
+                return parts[0] if len(parts) == 1 else np.concatenate(parts)
+            rows = np.arange(*rows.indices(sum(len(p) for p in parts)))
+        if len(rows) and rows.min() < len(parts[0]):
+            self._verify_mapped_features()
         if len(parts) == 1:
             return parts[0][rows]
-        if isinstance(rows, slice):
-            rows = np.arange(*rows.indices(sum(len(p) for p in parts)))
         ends = np.cumsum([len(p) for p in parts])
         which = np.searchsorted(ends, rows, side="right")
         out = np.empty((len(rows), self.backbone.dim), dtype=np.float32)
@@ -318,6 +318,12 @@ class Collection:
             here = which == p
             out[here] = parts[p][rows[here] - (ends[p] - len(parts[p]))]
         return out
+
+    def _verify_mapped_features(self) -> None:
+        """Check the mapped features file (`_features[0]` of a loaded collection) once, before it is read."""
+        if self._features_from is not None:
+            self._features_from.array("features")
+            self._features_from = None
 
     def _built(self) -> SearchCore:
         if self.core is None:

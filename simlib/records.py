@@ -271,12 +271,6 @@ class Records:
         twin._rows = list(self._rows)
         return twin
 
-    def moved_to(self, root: Path) -> "Records":
-        """The same records read against another root (the folder mounted elsewhere)."""
-        twin = self.copy()
-        twin.root = root
-        return twin
-
     def rebased(self, source: RowSource) -> None:
         """After a save: every row is now `source`'s row of the same id."""
         self.source = source
