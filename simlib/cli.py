@@ -9,10 +9,11 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from . import archive
+from . import store
 from .backbones import AUTO, BACKBONES, WeightsMismatchError, WeightsUnavailableError, load_backbone
-from .collection import Collection, CollectionError, SearchResponse
-from .images import ImageDecodeError
+from .collection import COMPACT_SHARE, Collection, CollectionError, SearchResponse
+from .convert import convert_collection
+from .images import FileError, ImageDecodeError
 from .index import IndexParams
 from .manifest import read_manifest
 from .ratings import format_stars
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except (
         CollectionError,
-        archive.CollectionFileError,
+        store.CollectionFileError,
         ImageDecodeError,
         WeightsUnavailableError,
         WeightsMismatchError,
@@ -41,14 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simlib", description="Similar-image search with star-rating fallback.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    index = commands.add_parser("index", help="build (or add to) a collection from image folders or files")
+    index = commands.add_parser("index", help="build (or add to, or sync) a collection from image folders or files")
     index.add_argument("sources", nargs="+", metavar="DIR_OR_FILE", help="folders are searched recursively")
-    index.add_argument("-o", "--output", required=True, type=Path, metavar="COLLECTION", help="collection file")
+    index.add_argument("-o", "--output", required=True, type=Path, metavar="COLLECTION", help="collection folder")
     index.add_argument("--backbone", default=AUTO, choices=[AUTO, *BACKBONES],
                        help="auto: resnet18 when its weights are available, else efficientnet_lite0 (default)")
     index.add_argument("--weights", type=Path, metavar="FILE", help="local weights file for the backbone")
     index.add_argument("--add", action="store_true", help="add to COLLECTION if it exists instead of replacing it")
+    index.add_argument("--sync", action="store_true", help="bring COLLECTION in line with the folders: add new "
+                       "files, remove deleted ones, extract changed ones again, read changed ratings again")
     index.add_argument("--refit", action="store_true", help="with --add: learn PCA and threshold again from all")
+    index.add_argument("--root", type=Path, metavar="NEW_PATH", help="where the folder COLLECTION indexes is now")
     index.add_argument("--pca-dim", type=int, default=128)
     index.add_argument("--whiten", action="store_true", help="whiten the PCA vectors")
     index.add_argument("--exact", action="store_true", help="exact (brute-force) index instead of HNSW")
@@ -75,7 +79,22 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--weights", type=Path, metavar="FILE", help="local weights file for the backbone")
     search.set_defaults(run=_search)
 
-    info = commands.add_parser("info", help="describe a collection file")
+    search.add_argument("--root", type=Path, metavar="NEW_PATH", help="where the folder COLLECTION indexes is now")
+
+    remove = commands.add_parser("remove", help="remove images (files, or folders and everything under them)")
+    remove.add_argument("collection", type=Path, metavar="COLLECTION")
+    remove.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    remove.add_argument("--root", type=Path, metavar="NEW_PATH", help="where the folder COLLECTION indexes is now")
+    remove.add_argument("--weights", type=Path, metavar="FILE", help="local weights file for the backbone")
+    remove.set_defaults(run=_remove)
+
+    convert = commands.add_parser("convert", help="convert a collection file of format 1 into a collection folder")
+    convert.add_argument("old", type=Path, metavar="OLD")
+    convert.add_argument("new", type=Path, metavar="NEW")
+    convert.add_argument("--weights", type=Path, metavar="FILE", help="local weights file for the backbone")
+    convert.set_defaults(run=_convert)
+
+    info = commands.add_parser("info", help="describe a collection")
     info.add_argument("collection", type=Path, metavar="COLLECTION")
     info.add_argument("--json", action="store_true")
     info.set_defaults(run=_info)
@@ -83,45 +102,103 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _index(args: argparse.Namespace) -> int:
-    progress = not args.quiet
-    if args.add and args.output.exists():
-        collection = Collection.load(args.output, weights=args.weights)
-        report = collection.add(args.sources, refit=args.refit, progress=progress,
-                                batch_size=args.batch_size, num_workers=args.workers)
-        verb = "Added"
+    if args.add and args.sync:
+        raise ValueError("--add and --sync do not go together: --sync adds new files too")
+    if (args.add or args.sync) and args.output.exists():
+        # held from loading to saving, so that a second writer waits and then sees these images
+        with store.locked(args.output, on_wait=lambda message: print(f"simlib: {message}", file=sys.stderr)):
+            return _update(args)
+    return _build(args)
+
+
+def _update(args: argparse.Namespace) -> int:
+    collection = Collection.load(args.output, weights=args.weights, root=args.root)
+    options = dict(progress=not args.quiet, batch_size=args.batch_size, num_workers=args.workers)
+    if args.sync:
+        for source in args.sources:
+            if not Path(source).is_dir():
+                raise NotADirectoryError(f"{source}: --sync reconciles folders; this is not one")
+            report = collection.sync(source, **options)
+            for note in report.notes:
+                print(f"note: {note}", file=sys.stderr)
+            print(f"Synced {_show(source)}: {report.summary()}.")
+            _print_skipped(report.skipped)
     else:
-        config = SearchConfig(
-            pca_dim=args.pca_dim,
-            whiten=args.whiten,
-            index=IndexParams("exact" if args.exact else "hnsw", args.M, args.ef_construction, args.ef_search),
-            rating_weight=args.rating_weight,
-            threshold=args.threshold,
-        )
-        collection = Collection(load_backbone(args.backbone, args.weights), config)
-        report = collection.add(args.sources, refit=True, progress=progress,
-                                batch_size=args.batch_size, num_workers=args.workers)
-        verb = "Indexed"
-    for note in collection.notes if verb == "Indexed" else report.notes:
+        report = collection.add(args.sources, refit=args.refit, **options)
+        for note in report.notes:
+            print(f"note: {note}", file=sys.stderr)
+        _print_skipped(report.errors)
+        if report.already_present:
+            print(f"{report.already_present} file(s) already in the collection were left as they were.")
+        print(f"Added {report.added} image(s); the collection holds {len(collection)}.")
+    _save(collection, args.output)
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    progress = not args.quiet
+    config = SearchConfig(
+        pca_dim=args.pca_dim,
+        whiten=args.whiten,
+        index=IndexParams("exact" if args.exact else "hnsw", args.M, args.ef_construction, args.ef_search),
+        rating_weight=args.rating_weight,
+        threshold=args.threshold,
+    )
+    collection = Collection(load_backbone(args.backbone, args.weights), config)
+    report = collection.add(args.sources, refit=True, progress=progress, batch_size=args.batch_size,
+                            num_workers=args.workers)
+    for note in collection.notes:
         print(f"note: {note}", file=sys.stderr)
-    if report.errors:
-        print(f"Skipped {len(report.errors)} file(s):")
-        for error in report.errors:
-            print(f"  {_show(error.path)}: {error.reason}")
-    if report.already_present:
-        print(f"{report.already_present} file(s) already in the collection were left as they were.")
+    _print_skipped(report.errors)
     pca = collection.core.pca_
     reduced = "raw features" if pca is None else f"PCA {pca.n_components_}-d{' whitened' if pca.whiten else ''}"
-    print(f"{verb} {report.added} image(s); the collection holds {len(collection)} "
+    print(f"Indexed {report.added} image(s); the collection holds {len(collection)} "
           f"({collection.backbone.name} {collection.backbone.dim}-d -> {reduced}, "
           f"{_describe_index(collection.config.index)}).")
     print(f"Match threshold {collection.threshold:.3f} ({_threshold_origin(collection)}).")
-    collection.save(args.output)
-    print(f"Saved {_show(args.output)}")
+    _save(collection, args.output)
+    return 0
+
+
+def _print_skipped(errors: list[FileError]) -> None:
+    if errors:
+        print(f"Skipped {len(errors)} file(s):")
+        for error in errors:
+            print(f"  {_show(error.path)}: {error.reason}")
+
+
+def _save(collection: Collection, output: Path) -> None:
+    compacts = collection.compaction_pays
+    collection.save(output)
+    if compacts:
+        print(f"Compacted: more than {COMPACT_SHARE:.0%} of the indexed images were removed, so the index was "
+              "rebuilt without them.")
+    print(f"Saved {_show(output)} (root {_show(collection.root)})")
+
+
+def _remove(args: argparse.Namespace) -> int:
+    store.check_folder(args.collection)
+    with store.locked(args.collection, on_wait=lambda message: print(f"simlib: {message}", file=sys.stderr)):
+        collection = Collection.load(args.collection, weights=args.weights, root=args.root)
+        report = collection.remove(args.paths)
+        for path in report.not_found:
+            print(f"  {_show(path)}: no image of the collection is this file or lies under this folder")
+        print(f"Removed {report.removed} image(s); the collection holds {len(collection)}.")
+        _save(collection, args.collection)
+    return 1 if report.not_found and not report.removed else 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    if args.new.exists():
+        raise ValueError(f"{args.new}: already exists; convert into a new folder")
+    collection = convert_collection(args.old, args.new, weights=args.weights)
+    print(f"Converted {_show(args.old)} (format 1) into {_show(args.new)}: {len(collection)} image(s), root "
+          f"{_show(collection.root)}.")
     return 0
 
 
 def _search(args: argparse.Namespace) -> int:
-    collection = Collection.load(args.collection, weights=args.weights)
+    collection = Collection.load(args.collection, weights=args.weights, root=args.root)
     response = collection.search(
         args.query, k=args.k, threshold=args.threshold, min_rating=args.min_rating,
         query_rating=args.query_rating, ef_search=args.ef_search, under=args.under,
@@ -151,8 +228,10 @@ def _info(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.collection)
     config = manifest.config
     summary = {
-        "file": str(args.collection),
-        "images": len(manifest.images),
+        "collection": str(args.collection),
+        "root": None if manifest.root is None else {"relative": manifest.root.relative,
+                                                    "absolute": manifest.root.absolute},
+        "images": manifest.images,
         "skipped_files": len(manifest.errors),
         "backbone": asdict(manifest.backbone),
         "pca": None if manifest.pca is None else {**asdict(manifest.pca), "whiten": config.whiten},
@@ -160,8 +239,8 @@ def _info(args: argparse.Namespace) -> int:
         "rating_weight": config.rating_weight,
         "threshold": config.threshold if config.threshold is not None else manifest.calibration.threshold,
         "calibration": manifest.calibration.to_dict(),
-        "ratings": manifest.rating_counts(),
-        "rating_conflicts": sum(record.rating.conflict for record in manifest.images),
+        "ratings": manifest.ratings,
+        "rating_conflicts": manifest.rating_conflicts,
         "created": manifest.created,
         "library_versions": manifest.library_versions,
         "notes": manifest.notes,
@@ -169,7 +248,10 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{summary['file']}: {summary['images']} images, {summary['skipped_files']} skipped, created {summary['created']}")
+    print(f"{summary['collection']}: {summary['images']} images, {summary['skipped_files']} skipped, created "
+          f"{summary['created']}")
+    if manifest.root is not None:
+        print(f"root       {manifest.root.absolute} ({manifest.root.relative} from the collection folder)")
     backbone = manifest.backbone
     print(f"backbone   {backbone.name} ({backbone.dim}-d), weights {backbone.weights_file} "
           f"sha256 {backbone.weights_sha256[:16]}...")
@@ -179,7 +261,7 @@ def _info(args: argparse.Namespace) -> int:
     else:
         print(f"PCA        {pca.n_components} dims{' whitened' if config.whiten else ''}, fitted on {pca.fitted_on} "
               f"images, keeps {pca.explained_variance:.1%} of the variance")
-    print(f"index      {_describe_index(config.index)}, {len(manifest.images)} vectors")
+    print(f"index      {_describe_index(config.index)}, {manifest.images} images")
     print(f"threshold  {summary['threshold']:.3f}; rating weight {summary['rating_weight']}")
     print("ratings    " + ", ".join(f"{k}: {v}" for k, v in summary["ratings"].items())
           + f"; {summary['rating_conflicts']} with conflicting sources")

@@ -193,7 +193,7 @@ def test_save_reopen_and_add_leave_the_shared_sample_intact(app, app_env):
     app.slider(key="rating_weight").set_value(1.0).run()
     app.text_input(key="save_name").input("../My set").run()
     app.button(key="save").click().run()
-    assert (app_env / "collections" / "My set.simlib").is_file()
+    assert (app_env / "collections" / "My set.simlib" / "collection.sqlite").is_file()
 
     app.slider(key="rating_weight").set_value(0.0).run()
     app.button(key="close").click().run()
@@ -265,3 +265,28 @@ def test_the_folder_filter_keeps_results_in_the_chosen_folder(app, app_env, effi
     app.selectbox(key="under").set_value(str(tmp_path / "photos" / "beach")).run()
     assert not app.exception, app.exception
     assert len(results(app)) == 3 and set(results(app)["file"]) == {"1.jpg", "3.jpg", "5.jpg"}
+
+
+def test_a_server_folder_is_built_into_a_collection_and_synced_with_its_files(app, app_env, tmp_path, monkeypatch):
+    library = tmp_path / "library"
+    (library / "trip").mkdir(parents=True)
+    for i in range(4):
+        scene(600 + i).save(library / "trip" / f"{i}.jpg", quality=90)
+    monkeypatch.setenv("SIMLIB_APP_LIBRARY", str(library))
+    app.run()
+    app.text_input(key="server_folder").input("trip").run()
+    app.text_input(key="server_name").input("Trip").run()
+    app.button(key="sync").click().run()
+    assert not app.exception, app.exception
+    assert f"Built 'Trip' from {library / 'trip'}: 4 images." in app.success[0].value and metric(app, "Images") == "4"
+
+    (library / "trip" / "0.jpg").unlink()
+    scene(610).save(library / "trip" / "new.jpg", quality=90)
+    (library / "trip" / "1.jpg.xmp").write_text(xmp_packet(5))
+    app.button(key="sync").click().run()
+    assert not app.exception, app.exception
+    assert ("1 added, 1 removed, 0 changed, 1 rating changed, 2 unchanged, 0 skipped." in app.success[0].value)
+    assert metric(app, "Images") == "4"
+    app.text_input(key="server_folder").input("../..").run()
+    app.button(key="sync").click().run()
+    assert "is not a folder under" in app.error[0].value  # nothing outside the library folder is indexed

@@ -17,8 +17,9 @@ TITLES = {
     "ann": "2. ANN search",
     "latency": "3. Query latency",
     "quality": "4. Retrieval quality",
+    "scale": "6. A library at scale",
 }
-TABLES = {"throughput": 1, "ann": 4, "latency": 2, "quality": 2}  # tables each section writes when it runs
+TABLES = {"throughput": 1, "ann": 4, "latency": 2, "quality": 2, "scale": 3}  # tables each section writes when it runs
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_quick_run_names_the_machine_and_every_headline_target(results):
     headlines = results.split("## Headline figures", 1)[1].split("\n## ", 1)[0]
     assert "b/a" in headlines and "b/ceiling" in headlines
     if SHARED.is_dir() and offline_backbone_available():
-        for figure in ("ANN one-query QPS", "query p50", "mAP loss"):
+        for figure in ("ANN one-query QPS", "query p50", "mAP loss", "scale: load", "scale: sync, nothing changed"):
             assert figure in headlines
 
 

@@ -72,7 +72,7 @@ def test_add_appends_to_an_existing_collection(collection_file, resnet18_weights
     "argv, message",
     [
         (["search", "{c}", "{missing}"], "file not found"),
-        (["search", "{missing}", "{missing}"], "no such collection file"),
+        (["search", "{missing}", "{missing}"], "no such collection"),
         (["search", "{c}", "{text}"], "not an image format"),
         (["search", "{c}", "{query}", "-k", "0"], "k must be >= 1"),
     ],
