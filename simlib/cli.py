@@ -317,7 +317,7 @@ def _print_duplicates(report: DuplicateReport) -> None:
     for number, group in enumerate(report.groups, start=1):
         print()
         print(f"group {number}: {_group_title(group)}")
-        rows = [("", "rating", "similarity", "pixels", "file", "path", "why")]
+        rows = [("", "rating", "match", "pixels", "file", "path", "why")]
         for member in group.members:
             facts = member.facts
             rows.append(("keep" if member.keeper else ("tie" if member.tie else "copy"), format_stars(facts.rating),

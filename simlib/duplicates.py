@@ -185,9 +185,10 @@ def keeper_order(facts: Sequence[ImageFacts], component: np.ndarray) -> tuple[np
     return order, sharp_class
 
 
-def versus_keeper(keeper: ImageFacts, member: ImageFacts, keeper_class: int, member_class: int) -> tuple[int, str]:
+def versus_keeper(keeper: ImageFacts, member: ImageFacts, keeper_class: int, member_class: int,
+                  same_pixels: bool = False) -> tuple[int, str]:
     """The first criterion on which `keeper` beats `member` (an index into `CRITERIA`; len(CRITERIA) for a tie)
-    and a sentence saying so."""
+    and a sentence saying so; `same_pixels`: the two decode to the same pixels (an exact group)."""
     if member.rating == REJECTED:
         return 0, "rejected (-1): never the keeper"
     stars, keeper_stars = _stars(member.rating), _stars(keeper.rating)
@@ -198,8 +199,9 @@ def versus_keeper(keeper: ImageFacts, member: ImageFacts, keeper_class: int, mem
     if member_class != keeper_class:
         return 2, (f"less sharp: Laplacian variance {member.sharpness:.0f}, the keeper {keeper.sharpness:.0f}")
     if member.file_size != keeper.file_size:
-        return 3, (f"smaller file at the same resolution and sharpness, as a recompressed copy is: "
-                   f"{_size(member.file_size)}, the keeper {_size(keeper.file_size)}")
+        how = ("for the same pixels (another format, compression or less metadata)" if same_pixels else
+               "at the same resolution and sharpness, as a recompressed copy is")
+        return 3, f"smaller file {how}: {_size(member.file_size)}, the keeper {_size(keeper.file_size)}"
     if member.mtime_ns != keeper.mtime_ns:
         return 4, f"newer: modified {_when(member.mtime_ns)}, the keeper {_when(keeper.mtime_ns)}"
     return len(CRITERIA), ("tie: the same rating, pixels, sharpness, file size and age as the keeper, which is "
@@ -539,7 +541,8 @@ def _group(kind: Kind, members: np.ndarray, nodes, facts, sharp_class, matches: 
         return DuplicateGroup(kind, tuple(
             DuplicateMember(int(nodes[i]), facts[i], False, match, s, NO_KEEPER)
             for i, match, s in zip(members, matches, similarities)))
-    verdicts = [versus_keeper(facts[head], facts[i], sharp_class[head], sharp_class[i]) for i in members[1:]]
+    verdicts = [versus_keeper(facts[head], facts[i], sharp_class[head], sharp_class[i], kind == "exact")
+                for i in members[1:]]
     decisive = max(stage for stage, _ in verdicts)
     tie = decisive == len(CRITERIA)
     why = KEEPER_OF_TIE if tie else "the keeper: " + ", then ".join(CRITERIA[: decisive + 1])
