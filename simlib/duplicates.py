@@ -4,7 +4,7 @@ similarity at or above a threshold), kept apart, each with a keeper and why ever
 How groups are formed, in memory bounded by the pairs found (never an n x n matrix):
 
 1. **The neighbour graph** (`neighbour_edges`). Every live vector searches the core's own index for its nearest
-   images, the visual rule forced, a chunk of queries at a time; pairs at or above a floor are kept. A vector whose
+   images, the visual rule forced, a bounded number at a time; pairs at or above a floor are kept. A vector whose
    last neighbour still reaches the floor searches again with four times as many, up to `MAX_NEIGHBOURS`.
 2. **Exact groups.** Files with the same SHA-256 (the store records it when a file is indexed), and neighbours of
    the same size whose decoded pixels hash the same (`image_facts.pixel_digest`: a PNG saved from a JPEG, a copy
@@ -48,7 +48,7 @@ ReadRecords = Callable[[np.ndarray], list[ImageRecord]]
 
 FIRST_NEIGHBOURS = 16  # neighbours each vector asks for first
 MAX_NEIGHBOURS = 1024  # the most a vector asks for: an image with more copies than this keeps its nearest 1024
-QUERY_CHUNK = 2048  # vectors searched at a time
+SEARCH_BUDGET = 16384  # neighbours searched per call (vectors x k): the search's memory, about 18 MB at 128-d
 EXACT_CANDIDATE = 0.9  # neighbours this similar (or the threshold, if lower) are checked for identical pixels
 SHARPER_BY = 1.25  # a Laplacian variance must exceed the sharpest's / SHARPER_BY to count as equally sharp
 RECORD_CHUNK = 4096  # records read at a time when every file's SHA-256 is gathered
@@ -77,26 +77,31 @@ class Edges:
 
 
 def neighbour_edges(core: "SearchCore", floor: float, *, ef_search: int | None = None,
-                    chunk: int = QUERY_CHUNK) -> Edges:
+                    budget: int = SEARCH_BUDGET) -> Edges:
     """Every pair of live ids whose similarity reaches `floor`, found by the core's own index (`search_vectors`,
-    the visual rule forced; with a rating weight each vector asks with its own rating). Memory: one chunk of
-    results and the pairs kept."""
+    the visual rule forced; with a rating weight each vector asks with its own rating). Each call searches at most
+    `budget` neighbours in all (so fewer vectors at a time as they ask for more), which with the pairs kept is all
+    the memory it takes."""
     live = np.flatnonzero(core.live_)
     rated = core.config.rating_weight > 0
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for start in range(0, len(live), chunk):
-        pending, k = live[start : start + chunk], FIRST_NEIGHBOURS
-        while len(pending):
-            k = min(k, MAX_NEIGHBOURS, core.live_count)
-            hits = core.search_vectors(core.gather(pending), k, threshold=-np.inf, ef_search=ef_search,
-                                       query_stars=core.stars_[pending] if rated else None)
+    pending, k = live, FIRST_NEIGHBOURS
+    while len(pending):
+        k = min(k, MAX_NEIGHBOURS, core.live_count)
+        again = []
+        step = max(1, budget // k)
+        for start in range(0, len(pending), step):
+            ids = pending[start : start + step]
+            hits = core.search_vectors(core.gather(ids), k, threshold=-np.inf, ef_search=ef_search,
+                                       query_stars=core.stars_[ids] if rated else None)
             with np.errstate(invalid="ignore"):  # NaN similarities pad missing results
                 near = (hits.similarities >= floor) & (hits.ids >= 0)
-            again = near[:, -1] & (k < min(MAX_NEIGHBOURS, core.live_count))
-            done = ~again
-            rows, cols = np.nonzero(near[done] & (hits.ids[done] != pending[done, None]))
-            parts.append((pending[done][rows], hits.ids[done][rows, cols], hits.similarities[done][rows, cols]))
-            pending, k = pending[again], k * 4
+            more = near[:, -1] & (k < min(MAX_NEIGHBOURS, core.live_count))
+            done = ~more
+            rows, cols = np.nonzero(near[done] & (hits.ids[done] != ids[done, None]))
+            parts.append((ids[done][rows], hits.ids[done][rows, cols], hits.similarities[done][rows, cols]))
+            again.append(ids[more])
+        pending, k = np.concatenate(again), k * 4
     return _unique_pairs(parts, floor)
 
 
@@ -142,15 +147,19 @@ def components(n: int, first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 def group_vectors(core: "SearchCore", threshold: float, *, ef_search: int | None = None) -> np.ndarray:
-    """Near groups of a core's live vectors by the star rule, with the keeper order of ratings alone (higher first,
-    rejected last, then id), for vectors without files (benchmarks, notebooks): the keeper id of every id, -1 for
-    ids in no group."""
-    edges = neighbour_edges(core, threshold, ef_search=ef_search)
+    """Near groups of a core's live vectors by the star rule with the keeper order of ratings alone (no files:
+    benchmarks, notebooks): the keeper id of every id, -1 for ids in no group (`keepers_by_rating`)."""
+    return keepers_by_rating(core.stars_, neighbour_edges(core, threshold, ef_search=ef_search))
+
+
+def keepers_by_rating(stars: np.ndarray, edges: Edges) -> np.ndarray:
+    """The keeper id of each of the `len(stars)` ids under the star rule over `edges`, keepers taken by rating
+    (higher first, unrated as 0, rejected last, then by id); -1 for ids in no group."""
     nodes = np.unique(np.concatenate([edges.first, edges.second]))
-    stars = core.stars_[nodes]
-    order = np.lexsort((nodes, -np.nan_to_num(stars, nan=0.0), stars == REJECTED))
+    rated = np.asarray(stars, dtype=np.float64)[nodes]
+    order = np.lexsort((nodes, -np.nan_to_num(rated, nan=0.0), rated == REJECTED))
     keeper = star_groups(len(nodes), np.searchsorted(nodes, edges.first), np.searchsorted(nodes, edges.second), order)
-    out = np.full(len(core), -1, dtype=np.int64)
+    out = np.full(len(stars), -1, dtype=np.int64)
     grouped = np.bincount(keeper, minlength=len(nodes))[keeper] > 1
     out[nodes[grouped]] = nodes[keeper[grouped]]
     return out

@@ -244,7 +244,7 @@ def test_neighbour_edges_find_every_pair_above_the_floor_even_past_the_first_nei
     vectors[40:50] = vectors[50:60] + 0.4 * rng.standard_normal((10, 64))  # 10 more pairs
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     core = SearchCore.from_state(SearchConfig(pca_dim=None, index=IndexParams(M=8)), None, vectors)
-    edges = neighbour_edges(core, 0.8, chunk=64)
+    edges = neighbour_edges(core, 0.8, budget=64 * FIRST_NEIGHBOURS)
     similarities = vectors @ vectors.T
     expected = {(i, j) for i, j in zip(*np.nonzero(np.triu(similarities >= 0.8, 1)))}
     assert len(expected) > 40 * 39 // 2 and 40 > FIRST_NEIGHBOURS
