@@ -214,6 +214,11 @@ class LabelledImages:
 
 def load_wallpaper_groups(folder: str | Path) -> LabelledImages:
     """The shared `wallpapers/` set: `groups.csv` (file, group, source) gives the near-duplicate ground truth."""
+    return load_groups(folder, "wallpapers")
+
+
+def load_groups(folder: str | Path, name: str) -> LabelledImages:
+    """A labelled image set: `groups.csv` in `folder` (columns file, group, ...) names each file's group."""
     folder = Path(folder)
     with open(folder / "groups.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -222,7 +227,7 @@ def load_wallpaper_groups(folder: str | Path) -> LabelledImages:
     groups = sorted({row["group"] for row in rows})
     label_of = {group: i for i, group in enumerate(groups)}
     return LabelledImages(
-        "wallpapers",
+        name,
         [folder / row["file"] for row in rows],
         np.array([label_of[row["group"]] for row in rows], dtype=np.int64),
         groups,

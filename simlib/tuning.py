@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image
 
 from .duplicates import DuplicateCache, DuplicateReport, keepers_by_rating, neighbour_edges
-from .evaluate import ann_recall_at_k, evaluate_configuration, pair_counts, pair_precision_recall
+from .evaluate import ann_recall_at_k, evaluate_configuration, load_groups, pair_counts, pair_precision_recall
 from .images import load_image
 from .index import IndexParams, bytes_per_vector, check_vectors, exact_search
 from .reduce import PCA, normalize_rows
@@ -224,6 +224,79 @@ def write_edited_copies(sources: Sequence[str | os.PathLike],
     return paths, np.array(origin, dtype=np.int64)
 
 
+@dataclass
+class DuplicateTruth:
+    """The files of a duplicate-grouping evaluation folder and their ground truth, per file: `copies`, equal labels
+    for copies of one picture (-1: a copy of nothing else); `scenes`, equal labels for different shots of one scene
+    (similar but not copies; -1: of no scene); `kind`, where the file comes from."""
+
+    paths: list[Path]
+    copies: np.ndarray
+    scenes: np.ndarray
+    kind: list[str]
+
+    def by_id(self, collection: "Collection") -> tuple[np.ndarray, np.ndarray]:
+        """`copies` and `scenes` per id of a collection built from the folder (-1 for ids of other files)."""
+        where = {os.fspath(p): i for i, p in enumerate(self.paths)}
+        copies = np.full(len(collection.core), -1, dtype=np.int64)
+        scenes = np.full(len(collection.core), -1, dtype=np.int64)
+        for i, record in zip(np.flatnonzero(collection.core.live_), collection.images):
+            if record.path in where:
+                copies[i], scenes[i] = self.copies[where[record.path]], self.scenes[where[record.path]]
+        return copies, scenes
+
+
+def duplicate_truth(
+    folder: str | os.PathLike,
+    *,
+    photos: Sequence[str | os.PathLike] = (),
+    distractors: Sequence[str | os.PathLike] = (),
+    wallpapers: str | os.PathLike | None = None,
+    scenes: str | os.PathLike | None = None,
+) -> DuplicateTruth:
+    """An evaluation folder for duplicate grouping: `photos` linked into `folder`/photos with every
+    `simlib.threshold` edit of each written into `folder`/edits (copies of their photo); `distractors` linked
+    there too (copies of nothing); the shared `wallpapers`
+    set linked into `folder`/wallpapers (a `groups.csv` group: one picture at several sizes, or its light and dark
+    variants: copies); the multi-shot `scenes` set linked into `folder`/scenes (a group: several shots of one
+    scene: not copies, counted apart as hard negatives)."""
+    folder = Path(folder)
+    paths: list[Path] = []
+    copies: list[int] = []
+    scene_of: list[int] = []
+    kind: list[str] = []
+
+    def add(path: Path, copy_label: int, scene: int, what: str) -> None:
+        paths.append(path)
+        copies.append(copy_label)
+        scene_of.append(scene)
+        kind.append(what)
+
+    for i, photo in enumerate(photos):
+        add(_link(Path(photo), folder / "photos"), i, -1, "photo")
+    edited, origin = write_edited_copies(photos, folder / "edits")
+    for path, i in zip(edited, origin.tolist()):
+        add(path, i, -1, "edited copy")
+    for photo in distractors:
+        add(_link(Path(photo), folder / "photos"), -1, -1, "distractor")
+    if wallpapers is not None:
+        labelled = load_groups(wallpapers, "wallpapers")
+        for path, label in zip(labelled.paths, labelled.labels.tolist()):
+            add(_link(path, folder / "wallpapers"), len(photos) + label, -1, "wallpaper")
+    if scenes is not None:
+        labelled = load_groups(scenes, "scenes")
+        for path, label in zip(labelled.paths, labelled.labels.tolist()):
+            add(_link(path, folder / "scenes"), -1, label, "scene shot")
+    return DuplicateTruth(paths, np.array(copies, dtype=np.int64), np.array(scene_of, dtype=np.int64), kind)
+
+
+def _link(source: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / source.name
+    link.symlink_to(source.resolve())
+    return link
+
+
 def duplicate_labels(report: DuplicateReport, n: int) -> np.ndarray:
     """Per id (n,), the picture a duplicate report puts it with: the members of an exact group and those of the
     near group of its keeper share a label (the smallest id among them); -1 for ids in no group."""
@@ -260,7 +333,7 @@ def sweep_duplicate_threshold(
         row = {"threshold": threshold, **pair_precision_recall(predicted, truth),
                "exact groups": len(report.of_kind("exact")), "near groups": len(report.of_kind("near"))}
         if hard_negatives is not None:
-            grouped, scene_pairs, both = pair_counts(predicted, hard_negatives)
+            _, scene_pairs, both = pair_counts(predicted, hard_negatives)
             row["scene pairs grouped"] = both / scene_pairs if scene_pairs else 0.0
         rows.append(row)
     return pd.DataFrame(rows)
