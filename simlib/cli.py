@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -13,6 +14,8 @@ from . import store
 from .backbones import AUTO, BACKBONES, WeightsMismatchError, WeightsUnavailableError, load_backbone
 from .collection import COMPACT_SHARE, Collection, CollectionError, SearchResponse
 from .convert import convert_collection
+from .culling import CullingError, PartialMoveError, apply_moves, plan_moves, undo_moves, write_manifest
+from .duplicates import DuplicateGroup, DuplicateReport
 from .images import FileError, ImageDecodeError
 from .index import IndexParams
 from .manifest import read_manifest
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         WeightsMismatchError,
         NotADirectoryError,
         FileNotFoundError,
+        CullingError,
         ValueError,
     ) as exc:
         print(f"simlib: error: {exc}", file=sys.stderr)
@@ -93,6 +97,25 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("new", type=Path, metavar="NEW")
     convert.add_argument("--weights", type=Path, metavar="FILE", help="local weights file for the backbone")
     convert.set_defaults(run=_convert)
+
+    duplicates = commands.add_parser(
+        "duplicates", help="exact and near-duplicate groups, each with its keeper; move the other copies aside")
+    duplicates.add_argument("collection", nargs="?", type=Path, metavar="COLLECTION")
+    duplicates.add_argument("--threshold", type=float,
+                            help="near-duplicate similarity (default: the collection's calibrated threshold)")
+    shape = duplicates.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    shape.add_argument("--csv", action="store_true", help="print CSV, one row per image of a group")
+    duplicates.add_argument("--move-to", type=Path, metavar="DIR",
+                            help="move every copy that is not its group's keeper, with its XMP sidecars, into DIR "
+                            "at its path relative to the collection's root (a dry run unless --apply)")
+    duplicates.add_argument("--apply", action="store_true", help="with --move-to: move the files, write an undo "
+                            "manifest into DIR first, and remove the moved photos from COLLECTION")
+    duplicates.add_argument("--undo", type=Path, metavar="MANIFEST",
+                            help="move back what --move-to --apply moved, and add the photos to the collection again")
+    duplicates.add_argument("--root", type=Path, metavar="NEW_PATH", help="where the folder COLLECTION indexes is now")
+    duplicates.add_argument("--weights", type=Path, metavar="FILE", help="local weights file for the backbone")
+    duplicates.set_defaults(run=_duplicates)
 
     info = commands.add_parser("info", help="describe a collection")
     info.add_argument("collection", type=Path, metavar="COLLECTION")
@@ -167,13 +190,13 @@ def _print_skipped(errors: list[FileError]) -> None:
             print(f"  {_show(error.path)}: {error.reason}")
 
 
-def _save(collection: Collection, output: Path) -> None:
+def _save(collection: Collection, output: Path, out=None) -> None:
     compacts = collection.compaction_pays
     collection.save(output)
     if compacts:
         print(f"Compacted: more than {COMPACT_SHARE:.0%} of the indexed images were removed, so the index was "
-              "rebuilt without them.")
-    print(f"Saved {_show(output)} (root {_show(collection.root)})")
+              "rebuilt without them.", file=out)
+    print(f"Saved {_show(output)} (root {_show(collection.root)})", file=out)
 
 
 def _remove(args: argparse.Namespace) -> int:
@@ -222,6 +245,118 @@ def _print_response(response: SearchResponse) -> None:
                          row[3].ljust(widths[3]), row[4]]))
     if not response.results:
         print("(no results)")
+
+
+def _duplicates(args: argparse.Namespace) -> int:
+    if args.undo is not None:
+        if args.collection is not None or args.move_to is not None or args.apply:
+            raise ValueError("--undo MANIFEST takes no COLLECTION, --move-to or --apply: the manifest names them")
+        return _undo(args.undo, args.weights)
+    if args.collection is None:
+        raise ValueError("give a COLLECTION (or --undo MANIFEST)")
+    if args.apply and args.move_to is None:
+        raise ValueError("--apply needs --move-to DIR")
+    store.check_folder(args.collection)
+    if not args.apply:
+        return _report_duplicates(args, Collection.load(args.collection, weights=args.weights, root=args.root))
+    with store.locked(args.collection, on_wait=lambda message: print(f"simlib: {message}", file=sys.stderr)):
+        return _report_duplicates(args, Collection.load(args.collection, weights=args.weights, root=args.root))
+
+
+def _report_duplicates(args: argparse.Namespace, collection: Collection) -> int:
+    report = collection.duplicate_groups(args.threshold)
+    plan = None if args.move_to is None else plan_moves(report, collection.root, args.move_to)
+    notes = sys.stderr if args.csv or args.json else sys.stdout
+    if args.json:
+        payload = report.to_dict()
+        if plan is not None:
+            payload["moves"] = [{"from": m.source, "to": m.target, "kind": m.kind} for m in plan.moves]
+            payload["applied"] = args.apply
+        print(json.dumps(payload, indent=2))
+    elif args.csv:
+        rows = report.rows()
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["group"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        _print_duplicates(report)
+    for error in report.errors:
+        print(f"left out {_show(error.path)}: {error.reason}", file=sys.stderr)
+    if plan is None:
+        return 0
+    for sidecar, why in plan.kept_sidecars:
+        print(f"kept in place: {_show(sidecar)}: {why}", file=notes)
+    if not args.apply:
+        for move in plan.moves:
+            print(f"would move {_show(move.source)} -> {_show(move.target)}", file=notes)
+        print(f"Dry run: nothing was moved. Add --apply to move {len(plan.images)} image(s) and "
+              f"{len(plan.moves) - len(plan.images)} sidecar(s) into {_show(args.move_to)}.", file=notes)
+        return 0
+    manifest = write_manifest(plan, args.move_to, args.collection, report.threshold.value)
+    try:
+        moved = apply_moves(plan)
+    except PartialMoveError as exc:
+        collection.remove([m.source for m in exc.done if m.kind == "image"])
+        _save(collection, args.collection)
+        print(f"Undo what was moved with: simlib duplicates --undo {_show(manifest)}", file=sys.stderr)
+        raise
+    images = [m.source for m in moved if m.kind == "image"]
+    collection.remove(images)
+    print(f"Moved {len(images)} image(s) and {len(moved) - len(images)} sidecar(s) into {_show(args.move_to)}; "
+          f"the collection holds {len(collection)}.", file=notes)
+    print(f"Undo with: simlib duplicates --undo {_show(manifest)}", file=notes)
+    _save(collection, args.collection, out=notes)
+    return 0
+
+
+def _print_duplicates(report: DuplicateReport) -> None:
+    exact, near = report.of_kind("exact"), report.of_kind("near")
+    print(f"Near-duplicate threshold {report.threshold.describe()}.")
+    print(f"{len(exact)} exact group(s) ({sum(len(g.copies) for g in exact)} copies to move), {len(near)} near "
+          f"group(s) ({sum(len(g.copies) for g in near)} copies to move).")
+    for number, group in enumerate(report.groups, start=1):
+        print()
+        print(f"group {number}: {_group_title(group)}")
+        rows = [("", "rating", "match", "pixels", "file", "path", "why")]
+        for member in group.members:
+            facts = member.facts
+            rows.append(("keep" if member.keeper else ("tie" if member.tie else "copy"), format_stars(facts.rating),
+                         f"{member.similarity:.3f}" if group.kind == "near" else member.match,
+                         f"{facts.width}x{facts.height}", f"{facts.file_size / 1e3:.1f} KB", _show(facts.path),
+                         member.reason))
+        widths = [max(len(row[i]) for row in rows) for i in range(6)]
+        for row in rows:
+            print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row[:6], widths)) + "  " + row[6])
+
+
+def _group_title(group: DuplicateGroup) -> str:
+    size = f"{len(group.members)} images"
+    if group.kind == "exact":
+        return f"exact copies ({size}: the same file bytes or decoded pixels)"
+    return f"near duplicates ({size}, each at least the threshold similar to the keeper)"
+
+
+def _undo(manifest: Path, weights: Path | None) -> int:
+    report = undo_moves(manifest)
+    for move in report.restored:
+        print(f"restored {_show(move.source)}")
+    for move, why in report.failed:
+        print(f"not restored {_show(move.source)}: {why}", file=sys.stderr)
+    print(f"Restored {len(report.restored)} file(s) ({len(report.images)} image(s)); {len(report.in_place)} were "
+          f"already in place; {len(report.failed)} could not be restored.")
+    if report.images and report.collection is not None:
+        if not Path(report.collection).is_dir():
+            print(f"note: the collection {_show(report.collection)} is gone; the images were not added back",
+                  file=sys.stderr)
+        else:
+            with store.locked(report.collection,
+                              on_wait=lambda message: print(f"simlib: {message}", file=sys.stderr)):
+                collection = Collection.load(report.collection, weights=weights)
+                added = collection.add(report.images, progress=False)
+                _print_skipped(added.errors)
+                print(f"Added {added.added} image(s) back; the collection holds {len(collection)}.")
+                _save(collection, Path(report.collection))
+    return 1 if report.failed else 0
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from . import store
 from .backbones import Backbone, load_backbone
+from .duplicates import DuplicateCache, DuplicateReport, find_duplicates
 from .features import Progress, embed_query, extract_features
 from .files import find_images, walk_images
 from .images import FileError, ImageSource, source_name, to_rgb
@@ -409,6 +410,21 @@ class Collection:
                 self._features.append(self._feature_rows(np.array([i for i, _ in differs])))
         return len(differs)
 
+    # ---------------------------------------------------------------- duplicates
+
+    def duplicate_groups(
+        self,
+        threshold: float | None = None,
+        *,
+        cache: DuplicateCache | None = None,
+        ef_search: int | None = None,
+    ) -> DuplicateReport:
+        """Groups of copies among the images: exact (the same file bytes or decoded pixels) and near (visual
+        similarity to the group's keeper at or above `threshold`; default: the collection's calibrated one), each
+        with its keeper and why every other member is not it (`simlib.duplicates`). A `cache` kept between calls
+        lets another threshold regroup without searching or decoding again."""
+        return find_duplicates(self._built(), self.records.records, threshold, cache=cache, ef_search=ef_search)
+
     # ---------------------------------------------------------------- searching
 
     def search(
@@ -586,7 +602,7 @@ class Collection:
         """Write the collection to the folder `path`. Saving again where it was loaded from or last saved writes
         only what changed (new images, removals, ratings); a compaction (`COMPACT_SHARE`), a refit, or a new
         place writes everything. A crash at any moment leaves the last collection saved in full."""
-        core = self._built()
+        self._built()
         if self._features is None:
             raise CollectionError("this collection holds no backbone features, so it cannot be saved")
         folder = Path(os.path.abspath(path))

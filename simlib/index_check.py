@@ -91,7 +91,8 @@ def _check_hnsw(reader: _IndexReader, n: int) -> None:
     offsets = reader.vector("<u8")
     neighbours = reader.vector("<i4")
     entry, max_level = reader.scalar("i"), reader.scalar("i")
-    ef_construction, ef_search, _upper_beam = reader.scalar("i"), reader.scalar("i"), reader.scalar("i")
+    ef_construction, ef_search = reader.scalar("i"), reader.scalar("i")
+    reader.scalar("i")  # upper_beam, unused by FAISS
     depth = len(probabilities)
     if not 1 <= depth <= _MAX_LEVELS or len(cumulative) != depth + 1 or cumulative[0] != 0:
         raise ValueError("the HNSW level table is malformed")

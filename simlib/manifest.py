@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from .images import FileError
 from .ratings import Rating, RatingValue, format_stars

@@ -3,7 +3,8 @@
 The default is derived from the collection itself. A sample of its images is edited the way copies of a photo
 get edited (downscaled and recompressed, cropped, cropped off-centre and recompressed); each edited copy's
 similarity to its original is a *match* score, and its similarity to the nearest other image in the collection a
-*non-match* score. The threshold is the value that minimises the sum of the two error rates (Youden's J) between
+*non-match* score (an image at least as similar to the original as the edited copy is counts as another copy of it,
+not as another image). The threshold is the value that minimises the sum of the two error rates (Youden's J) between
 those distributions, the midpoint of the best interval when several values tie.
 """
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 EDITS = ("downscale-recompress", "crop-80", "crop-70-offcentre-recompress")
 CALIBRATION_SAMPLE = 60  # edited copies made to calibrate the match threshold (20 of each edit)
 COPY_BATCH = 8  # edited copies decoded and held at once while they are embedded
+CALIBRATION_NEIGHBOURS = 32  # nearest images searched for each edited copy's nearest other that is not a copy
 
 
 def edited_copy(image: Image.Image, variant: int) -> Image.Image:
@@ -142,15 +144,25 @@ def embed_edited_copies(
 
 def calibrate(core: "SearchCore", copy_features: np.ndarray, original_ids: np.ndarray) -> Calibration:
     """The match threshold for `core` from features of edited copies of its images `original_ids`: each copy's
-    similarity to its original is a match score, its similarity to the nearest other image (exact search over
-    every image) a non-match score."""
+    similarity to its original is a match score, its similarity to the nearest other image that is not itself a
+    copy of the original (exact search over every image) a non-match score.
+
+    An image at least as similar to the original as the edited copy is counts as a copy of it: in a collection
+    holding copies (a backup folder, resized exports) the nearest other image of an edited copy is often another
+    copy of the same photo, a match, and counting it as a non-match would push the threshold above every edit.
+    Among the `CALIBRATION_NEIGHBOURS` nearest, the first that is not a copy gives the non-match score (the last
+    of them when all are)."""
     original_ids = np.asarray(original_ids, dtype=np.int64)
     if len(original_ids) == 0:
         raise ValueError("cannot calibrate the match threshold without edited copies")
     if len(core) < 2:
         raise ValueError("cannot calibrate the match threshold of fewer than 2 images")
     queries = core.transform(copy_features)
-    match = np.einsum("ij,ij->i", queries, core.vectors_[original_ids])
-    distances, ids = faiss.knn(queries, core.vectors_, 2)
-    other = np.where(ids[:, 0] == original_ids, distances[:, 1], distances[:, 0])
-    return choose_threshold(match, 1.0 - other / 2.0)  # unit vectors: |a - b|^2 = 2 - 2 cos
+    originals = core.vectors_[original_ids]
+    match = np.einsum("ij,ij->i", queries, originals)
+    distances, ids = faiss.knn(queries, core.vectors_, min(len(core), CALIBRATION_NEIGHBOURS + 1))
+    to_original = np.einsum("qkd,qd->qk", core.vectors_[ids], originals)
+    other = (ids != original_ids[:, None]) & (to_original < match[:, None])
+    other[:, -1] = True  # all copies: the farthest of them bounds the non-match score from above
+    nearest = distances[np.arange(len(ids)), other.argmax(axis=1)]
+    return choose_threshold(match, 1.0 - nearest / 2.0)  # unit vectors: |a - b|^2 = 2 - 2 cos

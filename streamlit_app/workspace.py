@@ -20,6 +20,7 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 import resources
 from simlib import Backbone, Collection, FileError, SearchConfig
+from simlib.duplicates import DuplicateCache
 from simlib.files import safe_file_name
 from simlib.manifest import read_manifest
 from simlib.store import DATABASE, locked
@@ -108,6 +109,8 @@ class Workspace:
         self.label = "the bundled sample collection"
         self.outcome: Outcome | None = None
         self._written: dict[str, Path] = {}  # upload file_id -> where its bytes were written
+        # neighbours and file facts of the collection shown: the Duplicates tab's slider regroups from them
+        self.duplicates = DuplicateCache()
 
     def active(self, backbone_name: str, rating_weight: float) -> Collection:
         """The collection searches run on, with the sidebar's rating weight (a changed weight rebuilds only

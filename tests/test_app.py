@@ -290,3 +290,29 @@ def test_a_server_folder_is_built_into_a_collection_and_synced_with_its_files(ap
     app.text_input(key="server_folder").input("../..").run()
     app.button(key="sync").click().run()
     assert "is not a folder under" in app.error[0].value  # nothing outside the library folder is indexed
+
+
+def test_the_duplicates_tab_shows_groups_with_keepers_and_its_slider_regroups_without_rebuilding(app, monkeypatch):
+    extractions, builds, decodes = (counting(monkeypatch, "simlib.collection", "extract_features"),
+                                    counting(monkeypatch, "simlib.search_core", "build_index"),
+                                    counting(monkeypatch, "simlib.duplicates", "read_facts"))
+    assert not any(m.value.startswith(":blue-badge[Exact copies]") for m in app.markdown)  # drawn only when open
+    app.session_state["tab"] = "Duplicates"
+    app.run()
+    # the sample's two PNGs decode to the same uniform colour: one exact group, no near duplicates
+    assert metric(app, "Exact groups") == "1" and metric(app, "Near groups") == "0"
+    assert [b for b in badges(app) if "Keeper" in b or "Copy" in b] == [":green-badge[Keeper]", ":orange-badge[Copy]"]
+    group = [m.value for m in app.markdown if m.value.startswith(":blue-badge[Exact copies] **Group 1**")]
+    assert group and "2 images, keeper " in group[0]
+    assert any(c.value.startswith("the keeper: ") for c in app.caption)
+    assert len(app.get("image")) == 2 and len(decodes) == 2  # no query yet: only the group's thumbnails
+    assert app.download_button(key="download_duplicates").label == "Download groups (CSV)"
+
+    app.slider(key="duplicate_threshold").set_value(0.5).run()
+    assert not app.exception, app.exception
+    assert metric(app, "Exact groups") == "1" and metric(app, "Near groups") == "1"
+    assert any(m.value.startswith(":violet-badge[Near duplicates] **Group 2**") for m in app.markdown)
+    assert len(app.get("image")) == 4 and len(decodes) == 4  # the facts of the two images newly grouped
+    app.slider(key="duplicate_threshold").set_value(1.0).run()
+    assert metric(app, "Near groups") == "0" and metric(app, "Exact groups") == "1"
+    assert extractions == [] and builds == [] and len(decodes) == 4  # regrouped from the neighbours and facts found

@@ -72,3 +72,14 @@ def test_calibration_scores_each_copy_against_its_original_and_the_nearest_other
 def test_the_calibration_sample_is_seeded_and_bounded():
     assert np.array_equal(calibration_sample(1000), calibration_sample(1000))
     assert len(calibration_sample(1000)) == 60 and calibration_sample(7).tolist() == list(range(7))
+
+
+def test_another_copy_of_the_original_is_not_counted_as_a_non_match():
+    # image 1 is a copy of image 0 (closer to it than the edited copy is); image 2 is another picture
+    angles = np.array([0.0, 0.05, 1.0])
+    vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    core = SearchCore.from_state(SearchConfig(pca_dim=None, index=IndexParams("exact")), None, vectors)
+    copy = np.array([[np.cos(-0.2), np.sin(-0.2)]], dtype=np.float32)  # an edited copy of image 0
+    calibration = calibrate(core, copy, np.array([0]))
+    assert calibration.nonmatch_median == pytest.approx(np.cos(1.2))  # image 2, not the copy at 0.05
+    assert calibration.match_median == pytest.approx(np.cos(0.2))
