@@ -15,13 +15,15 @@ import platform
 import struct
 import time
 import zipfile
-from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
-from .index import MAX_EF, index_from_bytes, index_to_bytes
+from .config import MAX_EF
+
+if TYPE_CHECKING:
+    import faiss
 
 FORMAT = "simlib-collection"
 FORMAT_VERSION = 1
@@ -35,18 +37,24 @@ class CollectionFileError(ValueError):
 
 
 def library_versions() -> dict[str, str]:
+    from importlib import metadata  # here: importing it costs a tenth of a second that `simlib info` need not pay
     versions = {"python": platform.python_version()}
     for package in ("simlib", "torch", "torchvision", "numpy", "pillow"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = "unknown"
-    versions["faiss"] = faiss.__version__
+    try:
+        versions["faiss"] = metadata.version("faiss-cpu")
+    except metadata.PackageNotFoundError:
+        versions["faiss"] = "unknown"
     return versions
 
 
-def write_collection(path: Path, manifest: dict, arrays: dict[str, np.ndarray], index: faiss.Index) -> Path:
+def write_collection(path: Path, manifest: dict, arrays: dict[str, np.ndarray], index: "faiss.Index") -> Path:
     """Atomically write `manifest` (plus format, versions and checksums), `arrays` and `index` to `path`."""
+    from .index import index_to_bytes  # FAISS is imported by what reads or writes an index, not by read_manifest
+
     path = Path(path)
     if path.is_dir():
         raise CollectionFileError(f"{path}: is a folder; give a file name such as photos.simlib")
@@ -117,8 +125,10 @@ def read_manifest(path: Path) -> dict:
         return _manifest(path, archive)
 
 
-def read_collection(path: Path) -> tuple[dict, dict[str, np.ndarray], faiss.Index]:
+def read_collection(path: Path) -> tuple[dict, dict[str, np.ndarray], "faiss.Index"]:
     """Manifest, arrays and index of a collection file, each member verified against its recorded SHA-256."""
+    from .index import index_from_bytes
+
     with _open(path) as archive:
         manifest = _manifest(path, archive)
         arrays = {}

@@ -1,40 +1,96 @@
-"""The `simlib` command: argument parsing and printing only; the work is done by `simlib.Collection`."""
+"""The `simlib` command: argument parsing and printing only; the work is done by `simlib.Collection`.
+
+Only light modules are imported at the top: `--help`, `simlib info` and argument errors answer without loading
+torch, FAISS or scikit-learn (tests/test_cli.py runs them with torch made unimportable). Every argument is checked
+before any work starts.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from . import archive
-from .backbones import AUTO, BACKBONES, WeightsMismatchError, WeightsUnavailableError, load_backbone
-from .collection import Collection, CollectionError, SearchResponse
-from .images import ImageDecodeError
-from .index import IndexParams
-from .manifest import read_manifest
-from .ratings import format_stars
-from .search_core import SearchConfig
+from .config import BACKBONE_NAMES, IndexParams, SearchConfig
+from .errors import CollectionError, WeightsMismatchError, WeightsUnavailableError
+
+AUTO = "auto"
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except (
-        CollectionError,
-        archive.CollectionFileError,
-        ImageDecodeError,
-        WeightsUnavailableError,
-        WeightsMismatchError,
-        NotADirectoryError,
-        FileNotFoundError,
-        ValueError,
-    ) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _bad_input_errors()):
+            raise
         print(f"simlib: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _bad_input_errors() -> tuple[type[Exception], ...]:
+    """The errors that mean bad input (printed, exit status 1), imported only when one is raised."""
+    from .archive import CollectionFileError
+    from .images import ImageDecodeError
+
+    return (CollectionError, CollectionFileError, ImageDecodeError, WeightsUnavailableError, WeightsMismatchError,
+            NotADirectoryError, FileNotFoundError, ValueError)
+
+
+# ---------------------------------------------------------------- argument types: refused before any work
+
+
+def _positive(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _number(text: str) -> float:
+    """A float that is not NaN (+inf and -inf are allowed where they mean something, e.g. a threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError("must be a number, got NaN")
+    return value
+
+
+def _weight(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _stars(text: str) -> float:
+    from .ratings import REJECTED
+
+    value = _number(text)
+    if not (value == REJECTED or 0 <= value <= 5):
+        raise argparse.ArgumentTypeError(f"must be -1 (rejected) or within 0..5, got {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,36 +98,41 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     index = commands.add_parser("index", help="build (or add to) a collection from image folders or files")
-    index.add_argument("sources", nargs="+", metavar="DIR_OR_FILE", help="folders are searched recursively")
+    index.add_argument("sources", nargs="+", type=Path, metavar="DIR_OR_FILE", help="folders are searched recursively")
     index.add_argument("-o", "--output", required=True, type=Path, metavar="COLLECTION", help="collection file")
-    index.add_argument("--backbone", default=AUTO, choices=[AUTO, *BACKBONES],
+    index.add_argument("--backbone", default=AUTO, choices=[AUTO, *BACKBONE_NAMES],
                        help="auto: resnet18 when its weights are available, else efficientnet_lite0 (default)")
     index.add_argument("--weights", type=Path, metavar="FILE", help="local weights file for the backbone")
+    index.add_argument("--precision", default=AUTO, choices=PRECISIONS,
+                       help="inference precision; auto: bf16 where the CPU or GPU runs it natively and the "
+                       "backbone's retrieval quality holds in it, else fp32 (default)")
     index.add_argument("--add", action="store_true", help="add to COLLECTION if it exists instead of replacing it")
     index.add_argument("--refit", action="store_true", help="with --add: learn PCA and threshold again from all")
-    index.add_argument("--pca-dim", type=int, default=128)
+    index.add_argument("--pca-dim", type=_positive, default=128)
     index.add_argument("--whiten", action="store_true", help="whiten the PCA vectors")
-    index.add_argument("--exact", action="store_true", help="exact (brute-force) index instead of HNSW")
-    index.add_argument("--M", type=int, default=IndexParams.M, dest="M", help="HNSW graph degree")
-    index.add_argument("--ef-construction", type=int, default=IndexParams.ef_construction)
-    index.add_argument("--ef-search", type=int, default=IndexParams.ef_search)
-    index.add_argument("--rating-weight", type=float, default=0.0, help="0 = pure visual search (default)")
-    index.add_argument("--threshold", type=float, help="fixed match threshold instead of the calibrated one")
-    index.add_argument("--batch-size", type=int, help="files decoded per step (default: 8 on a CPU, 32 on a GPU)")
-    index.add_argument("--workers", type=int, help="decoding processes (default: cores - 1, at most 4)")
+    index.add_argument("--index", default="auto", choices=["auto", "hnsw", "exact"], dest="index_kind",
+                       help="auto: exact (brute force) for small collections, HNSW for large ones (default)")
+    index.add_argument("--M", type=_positive, default=IndexParams.M, dest="M", help="HNSW graph degree")
+    index.add_argument("--ef-construction", type=_positive, default=IndexParams.ef_construction)
+    index.add_argument("--ef-search", type=_positive, default=IndexParams.ef_search)
+    index.add_argument("--rating-weight", type=_weight, default=0.0, help="0 = pure visual search (default)")
+    index.add_argument("--threshold", type=_number, help="fixed match threshold instead of the calibrated one")
+    index.add_argument("--batch-size", type=_positive, help="files decoded per step (default: 8 on a CPU, 32 on a GPU)")
+    index.add_argument("--workers", type=_count, help="decoding processes (default: one per core, at most 4)")
     index.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     index.set_defaults(run=_index)
 
-    search = commands.add_parser("search", help="find the images most similar to a query image")
+    search = commands.add_parser("search", help="find the images most similar to one or more query images")
     search.add_argument("collection", type=Path, metavar="COLLECTION")
-    search.add_argument("query", type=Path, metavar="QUERY")
-    search.add_argument("-k", type=int, default=10, help="number of results (default 10)")
-    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    search.add_argument("--threshold", type=float, help="match threshold (default: the collection's)")
-    search.add_argument("--min-rating", type=float, help="only images rated at least this")
+    search.add_argument("queries", nargs="+", type=Path, metavar="QUERY",
+                        help="image files, or folders of them (searched recursively); embedded in batches")
+    search.add_argument("-k", type=_positive, default=10, help="number of results (default 10)")
+    search.add_argument("--json", action="store_true", help="one JSON object per query and line, not tables")
+    search.add_argument("--threshold", type=_number, help="match threshold (default: the collection's)")
+    search.add_argument("--min-rating", type=_stars, help="only images rated at least this")
     search.add_argument("--under", type=Path, metavar="FOLDER", help="only images in this folder or below it")
-    search.add_argument("--query-rating", type=float, help="use this rating for the query instead of its metadata")
-    search.add_argument("--ef-search", type=int, help="HNSW search beam (default: the collection's)")
+    search.add_argument("--query-rating", type=_stars, help="use this rating for the queries instead of their metadata")
+    search.add_argument("--ef-search", type=_positive, help="HNSW search beam (default: the collection's)")
     search.add_argument("--weights", type=Path, metavar="FILE", help="local weights file for the backbone")
     search.set_defaults(run=_search)
 
@@ -82,7 +143,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _existing(paths: list[Path], what: str) -> None:
+    """Refuse, before any work, paths that do not exist."""
+    for path in paths:
+        if not os.path.lexists(path):
+            raise FileNotFoundError(f"{_show(path)}: no such {what}")
+
+
+# ---------------------------------------------------------------- commands
+
+
 def _index(args: argparse.Namespace) -> int:
+    _existing(args.sources, "file or folder")
+    if args.output.is_dir():
+        raise CollectionError(f"{args.output}: is a folder; give a file name such as photos.simlib")
+    from .backbones import load_backbone
+    from .collection import Collection
+
     progress = not args.quiet
     if args.add and args.output.exists():
         collection = Collection.load(args.output, weights=args.weights)
@@ -93,11 +170,11 @@ def _index(args: argparse.Namespace) -> int:
         config = SearchConfig(
             pca_dim=args.pca_dim,
             whiten=args.whiten,
-            index=IndexParams("exact" if args.exact else "hnsw", args.M, args.ef_construction, args.ef_search),
+            index=IndexParams(args.index_kind, args.M, args.ef_construction, args.ef_search),
             rating_weight=args.rating_weight,
             threshold=args.threshold,
         )
-        collection = Collection(load_backbone(args.backbone, args.weights), config)
+        collection = Collection(load_backbone(args.backbone, args.weights, precision=args.precision), config)
         report = collection.add(args.sources, refit=True, progress=progress,
                                 batch_size=args.batch_size, num_workers=args.workers)
         verb = "Indexed"
@@ -109,11 +186,12 @@ def _index(args: argparse.Namespace) -> int:
             print(f"  {_show(error.path)}: {error.reason}")
     if report.already_present:
         print(f"{report.already_present} file(s) already in the collection were left as they were.")
-    pca = collection.core.pca_
+    core, backbone = collection.core, collection.backbone
+    pca = core.pca_
     reduced = "raw features" if pca is None else f"PCA {pca.n_components_}-d{' whitened' if pca.whiten else ''}"
     print(f"{verb} {report.added} image(s); the collection holds {len(collection)} "
-          f"({collection.backbone.name} {collection.backbone.dim}-d -> {reduced}, "
-          f"{_describe_index(collection.config.index)}).")
+          f"({backbone.name} {backbone.dim}-d in {backbone.precision} -> {reduced}, "
+          f"{_describe_index(collection.config.index, core.index_kind)}).")
     print(f"Match threshold {collection.threshold:.3f} ({_threshold_origin(collection)}).")
     collection.save(args.output)
     print(f"Saved {_show(args.output)}")
@@ -121,19 +199,43 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    _existing([args.collection], "collection file")
+    _existing(args.queries, "query file or folder")
+    from .collection import Collection
+    from .files import find_images
+    from .images import FileError
+
+    queries: list[Path] = []
+    for query in args.queries:
+        if query.is_dir():
+            found, _ = find_images(query)
+            queries.extend(found)
+        else:
+            queries.append(query)
+    if not queries:
+        raise FileNotFoundError(f"no images in {', '.join(_show(q) for q in args.queries)}")
     collection = Collection.load(args.collection, weights=args.weights)
-    response = collection.search(
-        args.query, k=args.k, threshold=args.threshold, min_rating=args.min_rating,
+    answers = collection.search_many(
+        queries, k=args.k, threshold=args.threshold, min_rating=args.min_rating,
         query_rating=args.query_rating, ef_search=args.ef_search, under=args.under,
     )
-    if args.json:
-        print(json.dumps(response.to_dict(), indent=2))
-    else:
-        _print_response(response)
-    return 0
+    failed = 0
+    for i, answer in enumerate(answers):
+        if isinstance(answer, FileError):
+            failed += 1
+            print(f"simlib: error: {_show(answer.path)}: {answer.reason}", file=sys.stderr)
+        elif args.json:
+            print(json.dumps(answer.to_dict()))
+        else:
+            if i:
+                print()
+            _print_response(answer)
+    return 1 if failed else 0
 
 
-def _print_response(response: SearchResponse) -> None:
+def _print_response(response) -> None:
+    from .ratings import format_stars
+
     print(f"Query: {_show(response.query)}; rating: {response.query_rating.describe()}")
     print(response.message)
     rows = [("rank", "similarity", "rating", "reason", "path")]
@@ -148,6 +250,8 @@ def _print_response(response: SearchResponse) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from .manifest import read_manifest
+
     manifest = read_manifest(args.collection)
     config = manifest.config
     summary = {
@@ -171,7 +275,7 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     print(f"{summary['file']}: {summary['images']} images, {summary['skipped_files']} skipped, created {summary['created']}")
     backbone = manifest.backbone
-    print(f"backbone   {backbone.name} ({backbone.dim}-d), weights {backbone.weights_file} "
+    print(f"backbone   {backbone.name} ({backbone.dim}-d, {backbone.precision}), weights {backbone.weights_file} "
           f"sha256 {backbone.weights_sha256[:16]}...")
     pca = manifest.pca
     if pca is None:
@@ -179,7 +283,8 @@ def _info(args: argparse.Namespace) -> int:
     else:
         print(f"PCA        {pca.n_components} dims{' whitened' if config.whiten else ''}, fitted on {pca.fitted_on} "
               f"images, keeps {pca.explained_variance:.1%} of the variance")
-    print(f"index      {_describe_index(config.index)}, {len(manifest.images)} vectors")
+    print(f"index      {_describe_index(config.index, config.index.kind_for(len(manifest.images)))}, "
+          f"{len(manifest.images)} vectors")
     print(f"threshold  {summary['threshold']:.3f}; rating weight {summary['rating_weight']}")
     print("ratings    " + ", ".join(f"{k}: {v}" for k, v in summary["ratings"].items())
           + f"; {summary['rating_conflicts']} with conflicting sources")
@@ -190,13 +295,14 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe_index(params: IndexParams) -> str:
-    if params.kind == "exact":
-        return "exact index"
-    return f"HNSW M={params.M} efConstruction={params.ef_construction} efSearch={params.ef_search}"
+def _describe_index(params: IndexParams, kind: str) -> str:
+    chosen = " (chosen by size)" if params.kind == "auto" else ""
+    if kind == "exact":
+        return f"exact index{chosen}"
+    return f"HNSW M={params.M} efConstruction={params.ef_construction} efSearch={params.ef_search}{chosen}"
 
 
-def _threshold_origin(collection: Collection) -> str:
+def _threshold_origin(collection) -> str:
     if collection.config.threshold is not None:
         return "given"
     c = collection.core.calibration_

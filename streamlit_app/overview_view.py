@@ -66,8 +66,10 @@ def _pca(collection: Collection) -> None:
 
 def _index_parameters(collection: Collection) -> pd.DataFrame:
     params = collection.config.index
-    rows = [("kind", "HNSW (FAISS IndexHNSWFlat)" if params.kind == "hnsw" else "exact (FAISS IndexFlatL2)")]
-    if params.kind == "hnsw":
+    hnsw = collection.core.index_kind == "hnsw"
+    chosen = " (chosen by size)" if params.kind == "auto" else ""
+    rows = [("kind", ("HNSW (FAISS IndexHNSWFlat)" if hnsw else "exact (FAISS IndexFlatL2)") + chosen)]
+    if hnsw:
         rows += [("M", params.M), ("efConstruction", params.ef_construction), ("efSearch (default)", params.ef_search)]
     rows += [
         ("vectors", collection.core.index_.ntotal),

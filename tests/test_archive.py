@@ -28,7 +28,8 @@ def test_manifest_records_what_a_reader_needs(saved):
     assert manifest["format_version"] == FORMAT_VERSION
     assert manifest["backbone"]["name"] == "resnet18" and len(manifest["backbone"]["weights_sha256"]) == 64
     assert manifest["config"]["pca_dim"] == 128 and manifest["pca"]["n_components"] == 11
-    assert manifest["config"]["index"] == {"kind": "hnsw", "M": 32, "ef_construction": 200, "ef_search": 128}
+    assert manifest["config"]["index"] == {"kind": "auto", "M": 32, "ef_construction": 200, "ef_search": 128}
+    assert manifest["backbone"]["precision"] == "fp32"
     assert {"torch", "faiss", "numpy", "simlib"} <= set(manifest["library_versions"])
     assert len(manifest["images"]) == 12 and {"path", "rating", "rating_source"} <= set(manifest["images"][0])
     assert set(manifest["files"]) >= {"features.npy", "vectors.npy", "index.faiss", "pca_components.npy"}

@@ -309,3 +309,15 @@ def test_a_configuration_round_trips_through_plain_data():
     assert SearchConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unexpected fields"):
         SearchConfig.from_dict({**config.to_dict(), "colour": "blue"})
+
+
+def test_an_auto_index_is_exact_while_small_and_becomes_hnsw_as_it_grows(features, monkeypatch):
+    import simlib.config
+
+    monkeypatch.setattr(simlib.config, "EXACT_BELOW", 300)
+    core = SearchCore(SearchConfig(pca_dim=16)).fit(features[:200])
+    assert core.config.index.kind == "auto" and core.index_kind == "exact"
+    core.add(features[200:400])
+    assert core.index_kind == "hnsw" and core.index_.ntotal == 400
+    assert core.search(features[350:351], 1, threshold=-np.inf).ids[0, 0] == 350
+    assert SearchCore(SearchConfig(pca_dim=16, index=IndexParams(kind="hnsw"))).fit(features[:50]).index_kind == "hnsw"
