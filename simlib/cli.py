@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--rating-weight", type=_weight, default=0.0, help="0 = pure visual search (default)")
     index.add_argument("--threshold", type=_number, help="fixed match threshold instead of the calibrated one")
     index.add_argument("--batch-size", type=_positive, help="files decoded per step (default: 8 on a CPU, 32 on a GPU)")
-    index.add_argument("--workers", type=_count, help="decoding processes (default: one per core, at most 4)")
+    index.add_argument("--workers", type=_count, help="decoding processes (default: three quarters of the cores, at most 8)")
     index.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     index.set_defaults(run=_index)
 
