@@ -17,7 +17,7 @@ def render(collection: Collection) -> None:
     count, skipped, backbone, threshold = st.columns([1, 1, 2, 1])
     count.metric("Images", len(collection))
     skipped.metric("Skipped files", len(collection.errors))
-    backbone.metric("Backbone", collection.backbone.name)
+    backbone.metric("Backbone", f"{collection.backbone.name} ({collection.backbone.precision})")
     threshold.metric("Match threshold", f"{collection.threshold:.3f}")
     ratings, variance = st.columns(2)
     with ratings:
