@@ -13,13 +13,15 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
-from .index import index_from_bytes
+from .errors import CollectionFileError
 from .index_check import check_index_bytes
-from .store import CollectionFileError
+
+if TYPE_CHECKING:
+    import faiss
 
 FORMAT = "simlib-collection"
 FORMAT_VERSION = 1
@@ -30,6 +32,8 @@ MAX_MANIFEST_BYTES = 512 * 1024 * 1024
 
 def read_collection(path: Path) -> tuple[dict, dict[str, np.ndarray], faiss.Index]:
     """Manifest, arrays and index of a collection file, each member verified against its recorded SHA-256."""
+    from .index import index_from_bytes
+
     with _open(path) as archive:
         manifest = _manifest(path, archive)
         arrays = {}

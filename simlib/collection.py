@@ -20,6 +20,7 @@ from PIL import Image
 from . import store
 from .backbones import Backbone, load_backbone
 from .duplicates import DuplicateCache, DuplicateReport, find_duplicates
+from .errors import CollectionError
 from .features import Progress, embed_query, extract_features
 from .files import find_images, walk_images
 from .images import FileError, ImageSource, source_name, to_rgb
@@ -40,10 +41,6 @@ COMPACT_SHARE = 0.2
 # adds them to the saved graph again (about a millisecond each at a million images), which keeps saves small.
 INDEX_TAIL_LIMIT = 1000
 FEATURE_BLOCK = 65536  # rows copied at a time when features are written from one file to another
-
-
-class CollectionError(ValueError):
-    """A collection that cannot be built, searched, saved or loaded as asked; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -489,9 +486,45 @@ class Collection:
         )
         return self._response(name, rating, threshold, hits)
 
-    def _response(self, label: str, rating: Rating, threshold: float, hits: Hits) -> SearchResponse:
-        ids, similarities = hits.found(0)
-        best, fallback = float(hits.best[0]), bool(hits.fallback[0])
+    def search_many(
+        self,
+        queries: Sequence[ImageSource],
+        k: int = 10,
+        *,
+        threshold: float | None = None,
+        min_rating: float | None = None,
+        under: str | os.PathLike | None = None,
+        query_rating: float | None = None,
+        ef_search: int | None = None,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+    ) -> list[SearchResponse | FileError]:
+        """`search` for many query files at once: decoded in worker processes and embedded in batches, as
+        `extract_features` does, then searched in one call of the core. One answer per query, in order: its
+        response, or the `FileError` saying why it could not be read (the other queries are answered)."""
+        core = self._built()
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        labels = [source_name(q) for q in queries]
+        extracted = extract_features(self.backbone, queries, names=labels, batch_size=batch_size,
+                                     num_workers=num_workers, progress=False)
+        threshold = core.threshold if threshold is None else float(threshold)
+        answers: list[SearchResponse | None] = [None] * len(queries)
+        if len(extracted.indices):
+            ratings = [_query_rating(queries[i], query_rating) for i in extracted.indices]
+            hits = core.search(
+                extracted.features, k, threshold=threshold, ef_search=ef_search, min_rating=min_rating,
+                allowed=self._allowed(under, ()),
+                query_stars=np.array([np.nan if r.stars is None else r.stars for r in ratings]),
+            )
+            for row, (i, rating) in enumerate(zip(extracted.indices, ratings)):
+                answers[i] = self._response(labels[i], rating, threshold, hits, row)
+        errors = {error.path: error for error in extracted.errors}
+        return [answer if answer is not None else errors[labels[i]] for i, answer in enumerate(answers)]
+
+    def _response(self, label: str, rating: Rating, threshold: float, hits: Hits, row: int = 0) -> SearchResponse:
+        ids, similarities = hits.found(row)
+        best, fallback = float(hits.best[row]), bool(hits.fallback[row])
         if not fallback:
             message = f"Best visual similarity {best:.3f} reaches the match threshold {threshold:.3f}."
             reason: Reason = "visual"
@@ -584,7 +617,7 @@ class Collection:
         root = self.records.root
         return Manifest(
             backbone=BackboneRecord(self.backbone.name, self.backbone.dim, self.backbone.weights_sha256,
-                                    os.path.basename(self.backbone.weights_path)),
+                                    os.path.basename(self.backbone.weights_path), self.backbone.precision),
             config=core.config,
             pca=None if pca is None else PCARecord(pca.n_components_, pca.n_samples_,
                                                    float(pca.explained_variance_ratio_.sum())),
@@ -693,20 +726,26 @@ class Collection:
         weights: str | os.PathLike | None = None,
         root: str | os.PathLike | None = None,
     ) -> "Collection":
-        """Read a saved collection; its backbone is loaded (or `backbone` checked) against the recorded weights.
-        `root`: where the indexed folder is now, when it is neither where the collection records it (beside the
-        collection folder as it was when saved) nor at its recorded absolute path."""
+        """Read a saved collection; its backbone is loaded (or `backbone` checked) against the recorded weights and
+        precision, so queries are embedded exactly as the collection's images were. `root`: where the indexed folder
+        is now, when it is neither where the collection records it (beside the collection folder as it was when
+        saved) nor at its recorded absolute path."""
         folder = Path(os.path.abspath(path))
         snapshot = Snapshot(folder)
         manifest = Manifest.from_dict(snapshot.settings, folder)
         recorded = manifest.backbone
         if backbone is None:
-            backbone = load_backbone(recorded.name, weights)
+            backbone = load_backbone(recorded.name, weights, precision=recorded.precision)
         if backbone.name != recorded.name or backbone.weights_sha256 != recorded.weights_sha256:
             raise CollectionError(
                 f"{path}: built with {recorded.name} weights sha256 {recorded.weights_sha256[:12]}..., "
                 f"but the backbone given is {backbone.name} with weights sha256 {backbone.weights_sha256[:12]}... "
                 f"({backbone.weights_path}); pass the original weights file"
+            )
+        if backbone.precision != recorded.precision:
+            raise CollectionError(
+                f"{path}: its features were made in {recorded.precision}, but the backbone given runs in "
+                f"{backbone.precision}; load it with precision={recorded.precision!r}"
             )
         folder_root = _resolve_root(folder, manifest.root, root)
         try:

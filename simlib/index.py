@@ -16,39 +16,12 @@ import functools
 import math
 import sys
 import threading
-from dataclasses import asdict, dataclass
 from typing import Iterator, Literal
 
 import faiss
 import numpy as np
 
-
-MAX_M = 4096
-MAX_EF = 1 << 20
-
-
-@dataclass(frozen=True)
-class IndexParams:
-    """HNSW graph degree `M`, build beam `ef_construction`, default query beam `ef_search`; kind 'exact' is brute force."""
-
-    kind: Literal["hnsw", "exact"] = "hnsw"
-    M: int = 32
-    ef_construction: int = 200
-    ef_search: int = 128
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("hnsw", "exact"):
-            raise ValueError(f"index kind must be 'hnsw' or 'exact', got {self.kind!r}")
-        for name, limit in (("M", MAX_M), ("ef_construction", MAX_EF), ("ef_search", MAX_EF)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-            if not 1 <= int(value) <= limit:
-                # memory and time grow with each of them: beyond these a value is a mistake or a forged file
-                raise ValueError(f"{name} must be within 1..{limit}, got {value}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .config import MAX_EF, MAX_M, IndexParams  # noqa: F401  (the index's settings, kept where they are used)
 
 
 def check_vectors(x: np.ndarray, dim: int | None = None, name: str = "vectors") -> np.ndarray:
@@ -94,7 +67,7 @@ def build_index(vectors: np.ndarray, params: IndexParams = IndexParams()) -> fai
     """A new index over `vectors` (n, d) float32."""
     vectors = check_vectors(vectors)
     d = vectors.shape[1]
-    if params.kind == "exact":
+    if params.kind_for(len(vectors)) == "exact":
         index = faiss.IndexFlatL2(d)
     else:
         index = faiss.IndexHNSWFlat(d, int(params.M))

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 from .images import FileError
 from .ratings import Rating, RatingValue, format_stars
+from .config import SearchConfig
 from .records import ImageRecord
-from .search_core import SearchConfig
 from .store import CollectionFileError, Snapshot
 from .threshold import Calibration
 
@@ -27,6 +27,7 @@ class BackboneRecord:
     dim: int
     weights_sha256: str
     weights_file: str
+    precision: str = "fp32"  # the precision the features were made in; queries are embedded the same way
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,11 @@ def _backbone(data: dict) -> BackboneRecord:
     recorded = data.get("backbone")
     if not isinstance(recorded, dict) or not all(isinstance(recorded.get(k), str) for k in ("name", "weights_sha256")):
         raise ValueError("the backbone name and weights checksum are missing")
+    precision = _text(recorded.get("precision", "fp32"))  # collections written before precision was recorded
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
     return BackboneRecord(recorded["name"], _integer(recorded["dim"]), recorded["weights_sha256"],
-                          _text(recorded["weights_file"]))
+                          _text(recorded["weights_file"]), precision)
 
 
 def _calibration(data) -> Calibration:

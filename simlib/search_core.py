@@ -20,7 +20,7 @@ over the live vectors alone, with a new index, when enough have been removed for
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import faiss
@@ -36,6 +36,7 @@ from .index import (
     search_checked,
     with_rating,
 )
+from .config import SearchConfig
 from .ratings import REJECTED
 from .reduce import PCA, normalize_rows
 from .threshold import Calibration
@@ -49,48 +50,6 @@ FILTER_BEAM = 32
 # exact search over a bitmap tests one bit per vector (about a sixteenth of a distance) plus one distance per
 # allowed vector. The cheaper path is taken.
 BIT_TEST_COST = 1 / 16
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Everything that shapes a search core besides the features: PCA size (None: the raw features, L2-normalised),
-    whitening, index, rating weight, and a fixed match threshold (None: the calibrated one)."""
-
-    pca_dim: int | None = 128
-    whiten: bool = False
-    index: IndexParams = IndexParams()
-    rating_weight: float = 0.0  # weight of the appended rating coordinate; 0 = pure visual search
-    threshold: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.pca_dim is not None and (isinstance(self.pca_dim, bool) or not isinstance(self.pca_dim, int)
-                                         or self.pca_dim < 1):
-            raise ValueError(f"pca_dim must be an integer >= 1 or None, got {self.pca_dim!r}")
-        if not isinstance(self.whiten, bool):
-            raise ValueError(f"whiten must be true or false, got {self.whiten!r}")
-        if not isinstance(self.index, IndexParams):
-            raise ValueError(f"index must be IndexParams, got {type(self.index).__name__}")
-        if not _real(self.rating_weight) or not 0 <= self.rating_weight < math.inf:
-            raise ValueError(f"rating_weight must be a finite number >= 0, got {self.rating_weight!r}")
-        if self.threshold is not None and (not _real(self.threshold) or math.isnan(self.threshold)):
-            raise ValueError(f"threshold must be a number, got {self.threshold!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SearchConfig":
-        """The config `to_dict` wrote; ValueError for anything else (the data may come from an untrusted file)."""
-        if not isinstance(data, dict) or not isinstance(data.get("index"), dict):
-            raise ValueError("the search configuration is not an object with an index object")
-        try:
-            return cls(**{**data, "index": IndexParams(**data["index"])})
-        except TypeError as exc:
-            raise ValueError(f"the search configuration has unexpected fields ({exc})") from None
-
-
-def _real(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -202,11 +161,16 @@ class SearchCore:
         first = len(self)
         if not len(vectors):
             return np.arange(first, first, dtype=np.int64)
-        add_vectors(self.index_, with_rating(vectors, stars, self.config.rating_weight))
         self._parts = self._parts + [vectors]  # a new list: a copy of this core keeps its own
         self.stars_ = np.concatenate([self.stars_, stars])
         self.live_ = np.concatenate([self.live_, np.ones(len(vectors), dtype=bool)])
-        self.batches_ = self.batches_ + [(first, len(vectors))]
+        if self.config.index.kind_for(len(self)) != self.index_kind:  # an 'auto' index outgrew exact search
+            self.index_ = build_index(with_rating(self.vectors_, self.stars_, self.config.rating_weight),
+                                      self.config.index)
+            self.batches_ = []  # the new index holds every id
+        else:
+            add_vectors(self.index_, with_rating(vectors, stars, self.config.rating_weight))
+            self.batches_ = self.batches_ + [(first, len(vectors))]
         self._forget()
         return np.arange(first, len(self), dtype=np.int64)
 
@@ -309,6 +273,11 @@ class SearchCore:
         return out
 
     @property
+    def index_kind(self) -> str:
+        """'hnsw' or 'exact': the kind of index this core holds."""
+        return "hnsw" if isinstance(self.index_, faiss.IndexHNSW) else "exact"
+
+    @property
     def dim(self) -> int:
         """Width of the reduced vectors (without the rating coordinate)."""
         return self._parts[0].shape[1]
@@ -365,13 +334,12 @@ class SearchCore:
         subset = self._filter(min_rating, allowed)
         ids = self._nearest(vectors, q_stars, min(k, self.live_count), subset, ef_search)
         similarities = self._similarities(vectors, ids)
-        with np.errstate(invalid="ignore"):
-            best = np.where(ids >= 0, similarities, -np.inf).max(axis=1, initial=-np.inf)
+        best = np.where(ids >= 0, similarities, np.float32(-np.inf)).max(axis=1, initial=-np.inf)
         fallback = ~(best >= threshold)
         for i in np.flatnonzero(fallback):
             ids[i] = self._by_rating(vectors[i], q_stars[i], ids.shape[1], min_rating, subset, ef_search)
             similarities[i] = self._similarities(vectors[i : i + 1], ids[i : i + 1])[0]
-        return Hits(ids, similarities, best.astype(np.float32), fallback)
+        return Hits(ids, similarities, best, fallback)
 
     def _nearest(self, vectors, q_stars, k, subset: Selection | None, ef_search) -> np.ndarray:
         """Ids (nq, k) nearest in index space among `subset` (None: all), -1 where fewer exist."""

@@ -37,15 +37,16 @@ import uuid
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-import faiss
 import numpy as np
 
-from .index import index_from_bytes, index_to_bytes
-from .index_check import check_index_bytes
+from .errors import CollectionFileError
 from .ratings import Rating, RatingValue
 from .records import FileStamp, Row
+
+if TYPE_CHECKING:
+    import faiss
 
 FORMAT = "simlib-collection"
 FORMAT_VERSION = 2
@@ -76,11 +77,6 @@ TABLES = ("settings", "images", "removed", "errors", "arrays", "files", "chunks"
 _ROW_COLUMNS = "id, path, size, mtime_ns, sha256, sidecars, stars, rating"
 
 
-class CollectionFileError(ValueError):
-    """A collection that is missing, corrupt, tampered with, from an incompatible version, or changed by another
-    process while in use; the message names the file and the reason."""
-
-
 class CollectionLockedError(CollectionFileError):
     """Another process is writing the collection."""
 
@@ -92,7 +88,10 @@ def library_versions() -> dict[str, str]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = "unknown"
-    versions["faiss"] = faiss.__version__
+    try:
+        versions["faiss"] = metadata.version("faiss-cpu")
+    except metadata.PackageNotFoundError:
+        versions["faiss"] = "unknown"
     versions["sqlite"] = sqlite3.sqlite_version
     return versions
 
@@ -340,6 +339,9 @@ class Snapshot:
         if len(content) != data.bytes:
             raise ValueError("the index bytes of this snapshot were not read, or were already parsed")
         _verify_chunks(self.folder, data, content)
+        from .index import index_from_bytes  # FAISS loads with the index, not with the records (`simlib info`)
+        from .index_check import check_index_bytes
+
         try:
             check_index_bytes(content, data.rows)
             index = index_from_bytes(content, huge_pages="soon")  # loading returns while the pages collapse
@@ -574,6 +576,8 @@ class Writer:
                         (name, rows, len(data), hashlib.sha256(data).hexdigest()))
 
     def replace_index(self, index: faiss.Index) -> None:
+        from .index import index_to_bytes
+
         self.replace("index", index_to_bytes(index), index.ntotal)
 
     def _new_file(self, kind: str, width: int, rows: int) -> str:

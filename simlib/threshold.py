@@ -14,7 +14,6 @@ import io
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Sequence
 
-import faiss
 import numpy as np
 from PIL import Image
 
@@ -157,6 +156,8 @@ def calibrate(core: "SearchCore", copy_features: np.ndarray, original_ids: np.nd
         raise ValueError("cannot calibrate the match threshold without edited copies")
     if len(core) < 2:
         raise ValueError("cannot calibrate the match threshold of fewer than 2 images")
+    import faiss  # here, not at the top: reading a manifest (`simlib info`) imports this module, and must be quick
+
     queries = core.transform(copy_features)
     originals = core.vectors_[original_ids]
     match = np.einsum("ij,ij->i", queries, originals)

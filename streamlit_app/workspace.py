@@ -178,7 +178,8 @@ class Workspace:
 def open_saved(name: str) -> Collection:
     """A saved collection, loaded with the backbone it was built with (cached like every backbone)."""
     path = saved_folder() / f"{safe_file_name(name)}.simlib"
-    return Collection.load(path, resources.backbone(read_manifest(path).backbone.name))
+    recorded = read_manifest(path).backbone
+    return Collection.load(path, resources.backbone(recorded.name, recorded.precision))
 
 
 def current() -> Workspace:

@@ -349,3 +349,15 @@ def test_new_ratings_keep_ids_without_a_rating_weight_and_move_them_with_one(fea
     assert moved.tolist() == [500, 501] and not heavy.live_[[3, 4]].any() and heavy.stars_[500] == 5.0
     assert np.array_equal(heavy.vectors_[500], heavy.vectors_[3])
     assert heavy.search_vectors(heavy.vectors_[3:4], 1, threshold=-np.inf, query_stars=5).ids[0, 0] == 500
+
+
+def test_an_auto_index_is_exact_while_small_and_becomes_hnsw_as_it_grows(features, monkeypatch):
+    import simlib.config
+
+    monkeypatch.setattr(simlib.config, "EXACT_BELOW", 300)
+    core = SearchCore(SearchConfig(pca_dim=16)).fit(features[:200])
+    assert core.config.index.kind == "auto" and core.index_kind == "exact"
+    core.add(features[200:400])
+    assert core.index_kind == "hnsw" and core.index_.ntotal == 400
+    assert core.search(features[350:351], 1, threshold=-np.inf).ids[0, 0] == 350
+    assert SearchCore(SearchConfig(pca_dim=16, index=IndexParams(kind="hnsw"))).fit(features[:50]).index_kind == "hnsw"
