@@ -22,7 +22,7 @@ K = 10
 
 
 def run(config: RunConfig) -> Section:
-    section = Section("7. Index kind by collection size: exact against HNSW")
+    section = Section("9. Index kind by collection size: exact against HNSW")
     backbone = quality_backbone(config)
     if backbone is None:
         section.text(NEEDS_WALLPAPERS)

@@ -27,7 +27,7 @@ MAX_LOSS_POINTS = 0.5  # the issue's rule: bf16 may be chosen by `auto` only wit
 
 
 def run(config: RunConfig) -> Section:
-    section = Section("6. Inference precision: fp32 and bf16")
+    section = Section("8. Inference precision: fp32 and bf16")
     section.text(f"ISA: {isa()}. bf16 runs natively here: {native_bf16(torch.device('cpu'))}.")
     section.table(speed(config), "Model alone, milliseconds per image (`Backbone.embed`, 224x224 uint8 input):",
                   floatfmt=".3g")
