@@ -106,7 +106,7 @@ def quality_backbones(config: RunConfig) -> list:
 
 
 def run(config: RunConfig) -> Section:
-    section = Section("6. Copy detection on real photos: rankings and the fallback decision")
+    section = Section("10. Copy detection on real photos: rankings and the fallback decision")
     if not (offline_backbone_available() and (config.shared / "photos").is_dir()):
         section.text(NEEDS)
         return section

@@ -47,6 +47,17 @@ def package_versions() -> dict[str, str]:
     return found
 
 
+def isa() -> str:
+    """The vector instruction sets torch reports for this CPU, and whether it has native bf16 (AMX, AVX512-BF16)."""
+    import torch
+
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    wanted = ("avx2", "avx512_f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+    present = [name for name in wanted if capabilities.get(name)]
+    return (f"{torch.backends.cpu.get_cpu_capability()} kernels in torch; "
+            f"{', '.join(present) or 'none of ' + ', '.join(wanted)}")
+
+
 def describe() -> str:
     """One Markdown paragraph: CPU model and count, memory, Python, library versions, libjpeg-turbo."""
     from PIL import features
@@ -59,7 +70,7 @@ def describe() -> str:
     return (
         f"**Machine:** {cpu_model()}, {cores} logical CPUs (os.cpu_count(); {usable} usable by this process), "
         f"{memory:.0f} GiB RAM, {platform.system()} {platform.release()}. "
-        f"Python {platform.python_version()}; {versions}; libjpeg-turbo {turbo}."
+        f"Python {platform.python_version()}; {versions}; libjpeg-turbo {turbo}. ISA: {isa()}."
         if memory is not None
         else f"**Machine:** {cpu_model()}, {cores} logical CPUs. Python {platform.python_version()}; {versions}."
     )

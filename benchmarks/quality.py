@@ -64,7 +64,7 @@ def run(config: RunConfig) -> Section:
     section.text(
         "This set cannot test the reduction: PCA fitted on 106 images keeps 105 dimensions, a rotation that loses "
         "nothing, and efSearch 128 over 106 vectors visits them all. The quality headline is therefore measured "
-        "on the copy-detection benchmark (section 6), whose full run has 1,070 references."
+        "on the copy-detection benchmark (section 10), whose full run has 1,070 references."
     )
     decision = decision_quality(data)
     section.table(decision, "Match / no-match decisions (edited copies; see below):", floatfmt=".3f")

@@ -1,33 +1,48 @@
-"""simlib: similar-image search with CNN features, PCA, FAISS HNSW and star-rating fallback."""
+"""simlib: similar-image search with CNN features, PCA, FAISS HNSW and star-rating fallback.
 
-from .backbones import BACKBONES, Backbone, WeightsUnavailableError, load_backbone
-from .collection import AddReport, Collection, CollectionError, SearchResponse, SearchResult
-from .images import FileError, ImageDecodeError, load_image
-from .index import IndexParams
-from .ratings import Rating, read_rating
-from .reduce import PCA
-from .search_core import Hits, SearchConfig, SearchCore
+The names below are imported on first use (PEP 562), so `import simlib.cli` or reading a manifest does not load
+torch, FAISS or scikit-learn.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BACKBONES",
-    "AddReport",
-    "Backbone",
-    "Collection",
-    "CollectionError",
-    "FileError",
-    "Hits",
-    "ImageDecodeError",
-    "IndexParams",
-    "PCA",
-    "Rating",
-    "SearchResponse",
-    "SearchConfig",
-    "SearchCore",
-    "SearchResult",
-    "WeightsUnavailableError",
-    "load_backbone",
-    "load_image",
-    "read_rating",
-]
+_WHERE = {
+    "BACKBONES": "backbones",
+    "Backbone": "backbones",
+    "load_backbone": "backbones",
+    "AddReport": "collection",
+    "Collection": "collection",
+    "RemoveReport": "collection",
+    "SearchResponse": "collection",
+    "SearchResult": "collection",
+    "CollectionError": "errors",
+    "CollectionFileError": "errors",
+    "WeightsUnavailableError": "errors",
+    "FileError": "images",
+    "ImageDecodeError": "images",
+    "load_image": "images",
+    "IndexParams": "config",
+    "SearchConfig": "config",
+    "Rating": "ratings",
+    "read_rating": "ratings",
+    "PCA": "reduce",
+    "Hits": "search_core",
+    "SearchCore": "search_core",
+    "SyncReport": "sync",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'simlib' has no attribute {name!r}")
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

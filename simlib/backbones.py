@@ -12,12 +12,14 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+from .errors import WeightsMismatchError, WeightsUnavailableError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,12 +30,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CPU_MODEL_BATCH = 4
 
 
-class WeightsUnavailableError(RuntimeError):
-    """The weights a backbone needs cannot be found or fetched; the message says how to supply them."""
-
-
-class WeightsMismatchError(ValueError):
-    """A weights file that does not fit the backbone's architecture."""
+Precision = Literal["fp32", "bf16"]
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -49,6 +47,10 @@ class BackboneSpec:
     description: str
     build: Callable[[], nn.Module] = field(repr=False)
     default_weights: Callable[[bool], Path] = field(repr=False)
+    # Whether bf16 inference keeps this backbone's retrieval quality within 0.5 points of fp32 (mAP, P@1 and the
+    # match decision on the shared benchmarks; benchmarks/precision.py), and so whether `auto` may choose it.
+    bf16_holds_quality: bool = False
+    bf16_evidence: str = ""
 
 
 class Preprocess:
@@ -68,7 +70,8 @@ class Preprocess:
 
 @dataclass
 class Backbone:
-    """A loaded backbone: `embed` maps a uint8 batch (n, 3, s, s) to L2-normalised float32 features (n, dim)."""
+    """A loaded backbone: `embed` maps a uint8 batch (n, 3, s, s) to L2-normalised float32 features (n, dim).
+    With `precision` 'bf16' the model's weights and inputs are bfloat16; the features come out as float32."""
 
     spec: BackboneSpec
     model: nn.Module
@@ -76,6 +79,7 @@ class Backbone:
     weights_sha256: str
     device: torch.device
     notice: str | None = None
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         shape = (1, 3, 1, 1)
@@ -97,6 +101,8 @@ class Backbone:
             raise ValueError(f"expected a uint8 batch of shape (n, 3, h, w), got {tuple(batch.shape)} {batch.dtype}")
         x = batch.to(self.device, non_blocking=True).float()
         x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+        if self.precision == "bf16":
+            x = x.to(torch.bfloat16)
         features = self.model(x).float()
         return nn.functional.normalize(features, dim=1).cpu()
 
@@ -263,14 +269,35 @@ def _is_classifier(key: str) -> bool:
     return key.split(".")[0] in ("fc", "_fc") or key.startswith("net._fc.")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` executes bfloat16 natively: AMX or AVX512-BF16 on a CPU (as torch reports them), a GPU of
+    compute capability 8 or later."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
+
+
+def resolve_precision(spec: BackboneSpec, precision: str, device: torch.device) -> Precision:
+    """'fp32' or 'bf16' for `precision` ('auto', 'fp32', 'bf16'): auto is bf16 only where the device runs it
+    natively and the backbone's retrieval quality holds in it (`BackboneSpec.bf16_holds_quality`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if spec.bf16_holds_quality and native_bf16(device) else "fp32"
+    return precision  # type: ignore[return-value]
+
+
 def load_backbone(
     name: str = AUTO,
     weights: str | os.PathLike | None = None,
     *,
     device: str | torch.device | None = None,
     download: bool = True,
+    precision: str = "auto",
 ) -> Backbone:
-    """Build backbone `name` ('resnet18', 'efficientnet_lite0' or 'auto') with its weights, ready for `embed`."""
+    """Build backbone `name` ('resnet18', 'efficientnet_lite0' or 'auto') with its weights, ready for `embed`, in
+    `precision` ('auto', 'fp32' or 'bf16'; see `resolve_precision`)."""
     notice = None
     if name == AUTO:
         try:
@@ -285,8 +312,11 @@ def load_backbone(
     model = spec.build()
     load_state_dict(spec, model, path)
     target = torch.device(device) if device is not None else _default_device()
+    chosen = resolve_precision(spec, precision, target)
     model = model.eval().to(target, memory_format=torch.channels_last)
-    return Backbone(spec, model, os.fspath(path), sha256_file(path), target, notice)
+    if chosen == "bf16":
+        model = model.to(torch.bfloat16)
+    return Backbone(spec, model, os.fspath(path), sha256_file(path), target, notice, chosen)
 
 
 def _default_device() -> torch.device:

@@ -187,6 +187,53 @@ def error_rates(scores: np.ndarray, is_match: np.ndarray, threshold: float) -> d
     }
 
 
+# ------------------------------------------------------------------ grouping (duplicates)
+
+
+def pair_counts(predicted: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    """(pairs grouped together, pairs that belong together, pairs both), counting unordered pairs of items: items
+    share a group when their `predicted` labels are equal and not -1 (-1: in no group), belong together when their
+    `truth` labels are equal and not -1. Counted from the label table, never a matrix of pairs."""
+    predicted, truth = np.asarray(predicted, np.int64), np.asarray(truth, np.int64)
+    if predicted.shape != truth.shape:
+        raise ValueError(f"label shapes differ: {predicted.shape} vs {truth.shape}")
+
+    def pairs(counts: np.ndarray) -> int:
+        return int((counts * (counts - 1) // 2).sum())
+
+    both = (predicted >= 0) & (truth >= 0)
+    cells = np.unique(np.stack([predicted[both], truth[both]]), axis=1, return_counts=True)[1] if both.any() else []
+    return (pairs(np.unique(predicted[predicted >= 0], return_counts=True)[1]),
+            pairs(np.unique(truth[truth >= 0], return_counts=True)[1]), pairs(np.asarray(cells, np.int64)))
+
+
+def pair_precision_recall(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Pair precision (share of the pairs grouped together that belong together; 1 when none are grouped) and pair
+    recall (share of the pairs that belong together that are grouped together), with the counts (`pair_counts`)."""
+    grouped, belong, both = pair_counts(predicted, truth)
+    return {"precision": both / grouped if grouped else 1.0, "recall": both / belong if belong else 1.0,
+            "pairs_grouped": grouped, "pairs_true": belong, "pairs_both": both}
+
+
+def pair_errors(predicted: np.ndarray, truth: np.ndarray, limit: int = 10) -> tuple[list, list]:
+    """Up to `limit` example pairs (i, j) of each error: grouped together but not belonging together (false pairs),
+    and belonging together but not grouped together (missed pairs). Pairs are enumerated within groups only."""
+    predicted, truth = np.asarray(predicted, np.int64), np.asarray(truth, np.int64)
+
+    def within(labels: np.ndarray, wrong) -> list[tuple[int, int]]:
+        found = []
+        for label in np.unique(labels[labels >= 0]):
+            members = np.flatnonzero(labels == label).tolist()
+            found += [(i, j) for n, i in enumerate(members) for j in members[n + 1 :] if wrong(i, j)]
+            if len(found) >= limit:
+                break
+        return found[:limit]
+
+    false_pairs = within(predicted, lambda i, j: truth[i] < 0 or truth[i] != truth[j])
+    missed_pairs = within(truth, lambda i, j: predicted[i] < 0 or predicted[i] != predicted[j])
+    return false_pairs, missed_pairs
+
+
 # ------------------------------------------------------------------ ground truth
 
 
@@ -205,6 +252,11 @@ class LabelledImages:
 
 def load_wallpaper_groups(folder: str | Path) -> LabelledImages:
     """The shared `wallpapers/` set: `groups.csv` (file, group, source) gives the near-duplicate ground truth."""
+    return load_groups(folder, "wallpapers")
+
+
+def load_groups(folder: str | Path, name: str) -> LabelledImages:
+    """A labelled image set: `groups.csv` in `folder` (columns file, group, ...) names each file's group."""
     folder = Path(folder)
     with open(folder / "groups.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -213,7 +265,7 @@ def load_wallpaper_groups(folder: str | Path) -> LabelledImages:
     groups = sorted({row["group"] for row in rows})
     label_of = {group: i for i, group in enumerate(groups)}
     return LabelledImages(
-        "wallpapers",
+        name,
         [folder / row["file"] for row in rows],
         np.array([label_of[row["group"]] for row in rows], dtype=np.int64),
         groups,

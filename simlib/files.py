@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -23,42 +24,60 @@ def find_images(root: str | os.PathLike) -> tuple[list[Path], list[FileError]]:
     Hidden files and folders (name starting with '.') are skipped, as photo managers keep caches there.
     Returns the files in sorted order and the folders that could not be listed.
     """
-    root = Path(root)
-    if not root.is_dir():
+    walked = walk_images(root)
+    return [Path(p) for p in walked.images], walked.errors
+
+
+@dataclass
+class Walk:
+    """What `walk_images` found: image files (sorted paths), the XMP files beside them, what could not be used."""
+
+    images: list[str]
+    sidecars: set[str]
+    errors: list[FileError]
+
+
+def walk_images(root: str | os.PathLike) -> Walk:
+    """`find_images` as strings, plus every .xmp file seen on the way (a sync stats only the sidecars that exist:
+    a library of a million photos has a million sidecar names that do not)."""
+    if not os.path.isdir(root):
         raise NotADirectoryError(f"{root}: not a folder")
     extensions = image_extensions()
-    found: list[Path] = []
-    errors: list[FileError] = []
+    walk = Walk([], set(), [])
     seen: set[tuple[int, int]] = set()
-    stack = [root]
+    stack = [os.fspath(root)]
     while stack:
         folder = stack.pop()
         try:
-            stat = folder.stat()
+            stat = os.stat(folder)
             if (stat.st_dev, stat.st_ino) in seen:
                 continue  # a symlink back to a folder already walked
             seen.add((stat.st_dev, stat.st_ino))
             entries = list(os.scandir(folder))
         except OSError as exc:
-            errors.append(FileError(os.fspath(folder), f"cannot list folder: {exc.strerror or exc}"))
+            walk.errors.append(FileError(folder, f"cannot list folder: {exc.strerror or exc}"))
             continue
         for entry in entries:
             if entry.name.startswith("."):
                 continue
             try:
-                if entry.is_dir():
-                    stack.append(Path(entry.path))
-                elif os.path.splitext(entry.name)[1].lower() not in extensions:
+                extension = os.path.splitext(entry.name)[1].lower()
+                if extension == ".xmp":
+                    walk.sidecars.add(entry.path)
+                elif entry.is_dir():
+                    stack.append(entry.path)
+                elif extension not in extensions:
                     continue
                 elif entry.is_file():
-                    found.append(Path(entry.path))
+                    walk.images.append(entry.path)
                 elif entry.is_symlink():  # named like an image, so say why it is left out
-                    errors.append(FileError(entry.path, "broken symbolic link: its target does not exist"))
+                    walk.errors.append(FileError(entry.path, "broken symbolic link: its target does not exist"))
                 else:
-                    errors.append(FileError(entry.path, "not a regular file (a FIFO, socket or device)"))
+                    walk.errors.append(FileError(entry.path, "not a regular file (a FIFO, socket or device)"))
             except OSError as exc:  # a looping symlink
-                errors.append(FileError(entry.path, f"cannot follow: {exc.strerror or exc}"))
-    return sorted(found, key=os.fspath), errors
+                walk.errors.append(FileError(entry.path, f"cannot follow: {exc.strerror or exc}"))
+    walk.images.sort()
+    return walk
 
 
 MAX_NAME_BYTES = 200  # below the 255-byte limit of common filesystems, leaving room for a "-2" suffix

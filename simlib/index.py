@@ -15,39 +15,13 @@ import ctypes
 import functools
 import math
 import sys
-from dataclasses import asdict, dataclass
+import threading
 from typing import Iterator, Literal
 
 import faiss
 import numpy as np
 
-
-MAX_M = 4096
-MAX_EF = 1 << 20
-
-
-@dataclass(frozen=True)
-class IndexParams:
-    """HNSW graph degree `M`, build beam `ef_construction`, default query beam `ef_search`; kind 'exact' is brute force."""
-
-    kind: Literal["hnsw", "exact"] = "hnsw"
-    M: int = 32
-    ef_construction: int = 200
-    ef_search: int = 128
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("hnsw", "exact"):
-            raise ValueError(f"index kind must be 'hnsw' or 'exact', got {self.kind!r}")
-        for name, limit in (("M", MAX_M), ("ef_construction", MAX_EF), ("ef_search", MAX_EF)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-            if not 1 <= int(value) <= limit:
-                # memory and time grow with each of them: beyond these a value is a mistake or a forged file
-                raise ValueError(f"{name} must be within 1..{limit}, got {value}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .config import MAX_EF, MAX_M, IndexParams  # noqa: F401  (the index's settings, kept where they are used)
 
 
 def check_vectors(x: np.ndarray, dim: int | None = None, name: str = "vectors") -> np.ndarray:
@@ -93,22 +67,51 @@ def build_index(vectors: np.ndarray, params: IndexParams = IndexParams()) -> fai
     """A new index over `vectors` (n, d) float32."""
     vectors = check_vectors(vectors)
     d = vectors.shape[1]
-    if params.kind == "exact":
+    if params.kind_for(len(vectors)) == "exact":
         index = faiss.IndexFlatL2(d)
     else:
         index = faiss.IndexHNSWFlat(d, int(params.M))
         index.hnsw.efConstruction = int(params.ef_construction)
         index.hnsw.efSearch = int(params.ef_search)
-    add_vectors(index, vectors)
+    if len(vectors):
+        index.add(vectors)  # on every core: links depend on thread timing, so a build is saved whole
+        prefer_huge_pages(index)
     return index
 
 
+LEVEL_SEED = 0x51B11B  # seeds the HNSW levels of added vectors, with the id of the first one
+
+
 def add_vectors(index: faiss.Index, vectors: np.ndarray) -> None:
-    """Append `vectors`; they get ids ntotal, ntotal + 1, ..."""
+    """Append `vectors`; they get ids ntotal, ntotal + 1, ...
+
+    The same batch added to the same index gives the same graph in any process: the HNSW levels of the new nodes
+    are drawn from `LEVEL_SEED` and the first new id (FAISS would draw them from a generator whose state is not
+    saved), and the links are made on one thread (on several, they depend on which thread gets where first). So a
+    saved graph completed at load time with the batches added since (`simlib.store`) is the graph that was saved.
+    """
     vectors = check_vectors(vectors, index.d)
-    if len(vectors):
+    if not len(vectors):
+        return
+    if isinstance(index, faiss.IndexHNSW):
+        _preset_levels(index.hnsw, len(vectors), index.ntotal)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # per calling thread in OpenMP: other threads keep theirs
+    try:
         index.add(vectors)
-        prefer_huge_pages(index)  # adding may have moved the arrays
+    finally:
+        faiss.omp_set_num_threads(threads)
+    prefer_huge_pages(index)  # adding may have moved the arrays
+
+
+def _preset_levels(hnsw: faiss.HNSW, n: int, first_id: int) -> None:
+    """Draw the levels of n new nodes as FAISS's `HNSW::random_level` does, from a generator seeded by `first_id`;
+    FAISS uses levels already present for the nodes it adds."""
+    probabilities = faiss.vector_to_array(hnsw.assign_probas)
+    draws = np.random.default_rng((LEVEL_SEED, first_id)).random(n)
+    levels = np.minimum(np.searchsorted(np.cumsum(probabilities), draws, side="right"), len(probabilities) - 1)
+    existing = faiss.vector_to_array(hnsw.levels)
+    faiss.copy_array_to_vector(np.concatenate([existing, levels.astype(np.int32) + 1]), hnsw.levels)
 
 
 _HUGE_PAGE = 2 << 20
@@ -233,9 +236,24 @@ def index_to_bytes(index: faiss.Index) -> bytes:
     return faiss.serialize_index(index).tobytes()
 
 
-def index_from_bytes(data: bytes) -> faiss.Index:
-    index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-    prefer_huge_pages(index)
+def index_from_bytes(data: bytes, huge_pages: Literal["now", "soon"] = "now") -> faiss.Index:
+    """The index serialized in `data` (check it first: `simlib.index_check.check_index_bytes`), its large arrays
+    advised onto huge pages `now`, or `soon`: in a background thread, since collapsing the pages of a large index
+    costs about as long as reading it, and a search meanwhile is only slower, never wrong."""
+    view, position = memoryview(data), 0
+
+    def read(size: int) -> bytes:
+        nonlocal position
+        chunk = view[position : position + size]
+        position += len(chunk)
+        return chunk.tobytes()
+
+    # read in chunks: faiss.deserialize_index would first copy all the bytes into a vector of its own
+    index = faiss.read_index(faiss.PyCallbackIOReader(read, 1 << 22))
+    if huge_pages == "now":
+        prefer_huge_pages(index)
+    else:
+        threading.Thread(target=prefer_huge_pages, args=(index,), name="simlib-huge-pages", daemon=True).start()
     return index
 
 

@@ -1,6 +1,8 @@
-"""The manifest of a collection file: what it records beside the arrays and the index, and the one place that
-writes and parses it. The JSON may come from anywhere, so every field is checked; anything malformed is a
-`CollectionFileError` naming the file and the field, wherever the file is read (the library, the CLI, the app).
+"""The manifest of a collection: what it records about itself (backbone, search configuration, PCA, threshold
+calibration, root folder, notes), and the one place that writes and parses it. It is kept as JSON settings in the
+collection's database (`simlib.store`); format 1 files kept it, image records included, as manifest.json
+(`simlib.archive`). The JSON may come from anywhere, so every field is checked; anything malformed is a
+`CollectionFileError` naming the file and the field, wherever it is read (the library, the CLI, the app).
 """
 
 from __future__ import annotations
@@ -8,20 +10,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from . import archive
-from .archive import CollectionFileError
 from .images import FileError
 from .ratings import Rating, RatingValue, format_stars
-from .search_core import SearchConfig
+from .config import SearchConfig
+from .records import ImageRecord
+from .store import CollectionFileError, Snapshot
 from .threshold import Calibration
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    path: str
-    rating: Rating
 
 
 @dataclass(frozen=True)
@@ -32,6 +27,7 @@ class BackboneRecord:
     dim: int
     weights_sha256: str
     weights_file: str
+    precision: str = "fp32"  # the precision the features were made in; queries are embedded the same way
 
 
 @dataclass(frozen=True)
@@ -43,34 +39,48 @@ class PCARecord:
     explained_variance: float
 
 
+@dataclass(frozen=True)
+class RootRecord:
+    """Where the folder the collection indexes was when it was saved: relative to the collection folder (what
+    counts when both have moved together) and absolute."""
+
+    relative: str
+    absolute: str
+
+
 @dataclass
 class Manifest:
     backbone: BackboneRecord
     config: SearchConfig
     pca: PCARecord | None  # None: the raw features are searched
     calibration: Calibration
-    images: list[ImageRecord]
-    errors: list[FileError] = field(default_factory=list)
+    root: RootRecord | None = None  # None in format 1, whose records hold absolute paths
     notes: list[str] = field(default_factory=list)
-    created: str = ""  # written by `simlib.archive`
+    created: str = ""  # written by `simlib.store`
     library_versions: dict[str, str] = field(default_factory=dict)
+    # what the collection holds, counted where it is read (`read_manifest`)
+    images: int = 0
+    errors: list[FileError] = field(default_factory=list)
+    ratings: dict[str, int] = field(default_factory=dict)  # 'unrated', '-1', '0' .. '5' (fractions as written)
+    rating_conflicts: int = 0
 
     def to_dict(self) -> dict:
-        """The JSON object simlib writes (`simlib.archive` adds format, versions, creation time and checksums)."""
+        """The JSON settings simlib writes (`simlib.store` adds format, epoch, times and versions)."""
         return {
             "backbone": asdict(self.backbone),
             "config": self.config.to_dict(),
             "pca": None if self.pca is None else asdict(self.pca),
             "calibration": self.calibration.to_dict(),
-            "images": [_record_to_dict(r) for r in self.images],
-            "errors": [asdict(e) for e in self.errors],
+            "root": None if self.root is None else asdict(self.root),
             "notes": list(self.notes),
+            "library_versions": dict(self.library_versions),
         }
 
     @classmethod
     def from_dict(cls, data: dict, path: str | os.PathLike) -> "Manifest":
         """The manifest `to_dict` wrote, every field checked; CollectionFileError naming `path` otherwise."""
         try:
+            root = data.get("root")
             return cls(
                 backbone=_backbone(data),
                 config=SearchConfig.from_dict(data["config"]),
@@ -78,57 +88,71 @@ class Manifest:
                     _integer(data["pca"]["n_components"]), _integer(data["pca"]["fitted_on"]),
                     _number(data["pca"]["explained_variance"])),
                 calibration=_calibration(data["calibration"]),
-                images=[_record_from_dict(d) for d in _list(data["images"])],
-                errors=[FileError(_text(e["path"]), _text(e["reason"])) for e in _list(data["errors"])],
+                root=None if root is None else RootRecord(_text(_dict(root)["relative"]), _text(root["absolute"])),
                 notes=[_text(note) for note in _list(data["notes"])],
                 created=_text(data.get("created", "")),
                 library_versions={_text(k): _text(v) for k, v in _dict(data.get("library_versions", {})).items()},
             )
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            detail = f"field {exc} is missing" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
-            raise CollectionFileError(f"{path}: malformed manifest ({detail})") from None
-
-    def rating_counts(self) -> dict[str, int]:
-        """Images per rating ('unrated', '-1', '0' .. '5', fractions as written)."""
-        counts: dict[str, int] = {}
-        for record in self.images:
-            key = "unrated" if record.rating.stars is None else format_stars(record.rating.stars)
-            counts[key] = counts.get(key, 0) + 1
-        return dict(sorted(counts.items()))
+            raise CollectionFileError(f"{path}: malformed manifest ({_detail(exc)})") from None
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
-    """The manifest of a collection file, format and fields checked (the arrays and index are not read)."""
-    return Manifest.from_dict(archive.read_manifest(Path(path)), path)
+    """The manifest of a collection folder with its counts (images, skipped files, ratings), every field checked;
+    neither the data files nor the index are read."""
+    snapshot = Snapshot(path, data=False)
+    try:
+        return manifest_of(snapshot)
+    finally:
+        snapshot.close()
+
+
+def manifest_of(snapshot: Snapshot) -> Manifest:
+    """The manifest of an open collection, with its counts."""
+    manifest = Manifest.from_dict(snapshot.settings, snapshot.folder)
+    counts = snapshot.rating_counts()
+    manifest.rating_conflicts = counts.pop("conflicts")
+    manifest.images = sum(counts.values())
+    manifest.ratings = dict(sorted(("unrated" if k is None else format_stars(k), v) for k, v in counts.items()))
+    manifest.errors = [FileError(p, r) for p, r in snapshot.errors]
+    return manifest
+
+
+def format1_contents(data: dict, path: str | os.PathLike) -> tuple[Manifest, list[ImageRecord]]:
+    """The manifest and the image records (absolute paths) of a format 1 manifest.json."""
+    manifest = Manifest.from_dict(data, path)
+    try:
+        images = [_record_from_dict(d) for d in _list(data["images"])]
+        manifest.errors = [FileError(_text(e["path"]), _text(e["reason"])) for e in _list(data["errors"])]
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise CollectionFileError(f"{path}: malformed manifest ({_detail(exc)})") from None
+    return manifest, images
+
+
+def _detail(exc: Exception) -> str:
+    return f"field {exc} is missing" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
 
 
 def _backbone(data: dict) -> BackboneRecord:
     recorded = data.get("backbone")
     if not isinstance(recorded, dict) or not all(isinstance(recorded.get(k), str) for k in ("name", "weights_sha256")):
         raise ValueError("the backbone name and weights checksum are missing")
+    precision = _text(recorded.get("precision", "fp32"))  # collections written before precision was recorded
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
     return BackboneRecord(recorded["name"], _integer(recorded["dim"]), recorded["weights_sha256"],
-                          _text(recorded["weights_file"]))
+                          _text(recorded["weights_file"]), precision)
 
 
 def _calibration(data) -> Calibration:
     values = _dict(data)
+    if values.get("copies") is not None:
+        values["copies"] = _calibration(values["copies"])
     calibration = Calibration(**values)
     for name in ("threshold", "match_median", "nonmatch_median", "miss_rate", "false_match_rate"):
         _number(getattr(calibration, name))
     _integer(calibration.n_match), _integer(calibration.n_nonmatch), _text(calibration.method)
     return calibration
-
-
-def _record_to_dict(record: ImageRecord) -> dict:
-    rating = record.rating
-    return {
-        "path": record.path,
-        "rating": rating.stars,
-        "rating_source": rating.source,
-        "rating_conflict": rating.conflict,
-        "rating_values": [[v.source, v.raw, v.stars] for v in rating.values],
-        "rating_problems": list(rating.problems),
-    }
 
 
 def _record_from_dict(data: dict) -> ImageRecord:

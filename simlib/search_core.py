@@ -16,12 +16,17 @@ against its copies. Rejected images (-1) are candidates of the
 rating rule only for a rejected query. Filters (minimum rating, an allowed subset such as a folder) apply to both
 rules and run inside FAISS: a graph search with a selector over a bitmap of allowed ids, or an exact search over
 them when that costs less (`_exact_is_cheaper`).
+
+Removed images: HNSW cannot delete a node, so `remove` marks ids as no longer live and every search leaves them out
+through the same bitmaps (combined with any other filter, the masks cached per state). `compacted` builds a core
+over the live vectors alone, with a new index, when enough have been removed for that to pay.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import faiss
 import numpy as np
@@ -36,6 +41,7 @@ from .index import (
     search_checked,
     with_rating,
 )
+from .config import SearchConfig
 from .ratings import REJECTED
 from .reduce import PCA, normalize_rows
 from .scoring import neighbourhood
@@ -50,68 +56,6 @@ FILTER_BEAM = 32
 # exact search over a bitmap tests one bit per vector (about a sixteenth of a distance) plus one distance per
 # allowed vector. The cheaper path is taken.
 BIT_TEST_COST = 1 / 16
-MAX_NORM_RANK = 100  # deepest neighbour the match score may average over
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Everything that shapes a search core besides the features: PCA size (None: the raw features, L2-normalised),
-    whitening, index, rating weight, and a fixed match threshold (None: the calibrated one)."""
-
-    pca_dim: int | None = 128
-    whiten: bool = False
-    index: IndexParams = IndexParams()
-    rating_weight: float = 0.0  # weight of the appended rating coordinate; 0 = pure visual search
-    threshold: float | None = None
-    score_norm: float = 0.5  # weight of the neighbourhood term in the match score; 0 = the best similarity alone
-    norm_ranks: tuple[int, int] = (4, 8)  # first and last rank (zero-based) of the neighbours in that term
-
-    def __post_init__(self) -> None:
-        if self.pca_dim is not None and (isinstance(self.pca_dim, bool) or not isinstance(self.pca_dim, int)
-                                         or self.pca_dim < 1):
-            raise ValueError(f"pca_dim must be an integer >= 1 or None, got {self.pca_dim!r}")
-        if not isinstance(self.whiten, bool):
-            raise ValueError(f"whiten must be true or false, got {self.whiten!r}")
-        if not isinstance(self.index, IndexParams):
-            raise ValueError(f"index must be IndexParams, got {type(self.index).__name__}")
-        if not _real(self.rating_weight) or not 0 <= self.rating_weight < math.inf:
-            raise ValueError(f"rating_weight must be a finite number >= 0, got {self.rating_weight!r}")
-        if self.threshold is not None and (not _real(self.threshold) or math.isnan(self.threshold)):
-            raise ValueError(f"threshold must be a number, got {self.threshold!r}")
-        if not _real(self.score_norm) or not 0 <= self.score_norm <= 1:
-            raise ValueError(f"score_norm must be a number within 0..1, got {self.score_norm!r}")
-        first, last = _pair(self.norm_ranks)
-        if not 1 <= first <= last <= MAX_NORM_RANK:
-            raise ValueError(f"norm_ranks must be two ranks 1 <= first <= last <= {MAX_NORM_RANK}, "
-                             f"got {self.norm_ranks!r}")
-        object.__setattr__(self, "norm_ranks", (first, last))  # a JSON list read back becomes the tuple again
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SearchConfig":
-        """The config `to_dict` wrote; ValueError for anything else (the data may come from an untrusted file).
-        A config written before score normalisation existed has none: its threshold was calibrated on the best
-        similarity alone."""
-        if not isinstance(data, dict) or not isinstance(data.get("index"), dict):
-            raise ValueError("the search configuration is not an object with an index object")
-        try:
-            return cls(**{"score_norm": 0.0, **data, "index": IndexParams(**data["index"])})
-        except TypeError as exc:
-            raise ValueError(f"the search configuration has unexpected fields ({exc})") from None
-
-
-def _real(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _pair(value) -> tuple[int, int]:
-    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
-        raise ValueError(f"norm_ranks must be two integers, got {value!r}")
-    return int(value[0]), int(value[1])
-
 
 @dataclass
 class Hits:
@@ -136,10 +80,11 @@ class Hits:
 class Selection:
     """Allowed ids: a bool mask, its size, and a FAISS selector over the packed bitmap (kept alive with it). Made
     by `SearchCore.selection`; a caller that filters many queries the same way makes it once and passes it as
-    `allowed`, so no query pays for packing the mask."""
+    `allowed`, so no query pays for packing the mask. `removals` counts the core's removals it already excludes."""
 
-    def __init__(self, mask: np.ndarray):
+    def __init__(self, mask: np.ndarray, removals: int = 0):
         self.mask = mask
+        self.removals = removals
         self.count = int(np.count_nonzero(mask))
         self._bits = np.packbits(mask, bitorder="little")
         self.selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(self._bits))
@@ -165,7 +110,7 @@ class SearchCore:
             pca = PCA(self.config.pca_dim, whiten=self.config.whiten).fit(features)
         self.pca_ = pca
         vectors = self.transform(features)
-        return self._assemble(vectors, _stars(stars, len(vectors)), None, None)
+        return self._assemble(vectors, _stars(stars, len(vectors)), None, None, (), None)
 
     @classmethod
     def from_state(
@@ -176,24 +121,38 @@ class SearchCore:
         stars: np.ndarray | None = None,
         index: faiss.Index | None = None,
         calibration: Calibration | None = None,
+        *,
+        batches: Sequence[int] = (),
+        live: np.ndarray | None = None,
     ) -> "SearchCore":
         """A core from what `to_arrays` saved (or vectors already reduced with `pca`); the index is built from the
-        vectors when not given. Shapes are checked against each other."""
+        vectors when not given. An index holding only the first vectors is completed by adding the others in
+        `batches` (their sizes, in order), as the core that saved it added them, which gives the very graph it
+        had. `live` (n,) bool: False for removed ids (default: none removed). Shapes are checked together."""
         core = cls(config)
         core.pca_ = pca
         vectors = check_vectors(vectors, None if pca is None else pca.n_components_, "vectors")
-        return core._assemble(vectors, _stars(stars, len(vectors)), index, calibration)
+        return core._assemble(vectors, _stars(stars, len(vectors)), index, calibration, batches, live)
 
-    def _assemble(self, vectors, stars, index, calibration) -> "SearchCore":
-        self.vectors_ = vectors
+    def _assemble(self, vectors, stars, index, calibration, batches, live) -> "SearchCore":
+        self._parts = [vectors]  # the vectors, in the arrays they arrived in (a saved file, then each add)
         self.stars_ = stars
+        self.batches_: list[tuple[int, int]] = []  # (first id, count) of each add since the index was built
+        self._removals = 0  # how many times ids were removed: a selection made before the last one is redone
         width = vectors.shape[1] + (self.config.rating_weight > 0)
         if index is None:
             index = build_index(with_rating(vectors, stars, self.config.rating_weight), self.config.index)
-        elif (index.ntotal, index.d) != (len(vectors), width):
-            raise ValueError(f"the index holds {index.ntotal} vectors of {index.d} dimensions, the core "
-                             f"{len(vectors)} of {width}")
+        if index.d != width or index.ntotal + sum(batches) != len(vectors) or min(batches, default=1) < 1:
+            raise ValueError(f"the index holds {index.ntotal} vectors of {index.d} dimensions and {sum(batches)} "
+                             f"more are to be added; the core has {len(vectors)} of {width}")
+        self.live_ = np.ones(len(vectors), dtype=bool) if live is None else _live(live, len(vectors))
         self.index_ = index
+        first = index.ntotal
+        for count in batches:
+            added = slice(first, first + count)
+            add_vectors(index, with_rating(vectors[added], stars[added], self.config.rating_weight))
+            self.batches_.append((first, count))
+            first += count
         self.calibration_ = calibration
         self._forget()
         return self
@@ -207,11 +166,61 @@ class SearchCore:
         vectors = check_vectors(vectors, self.dim, "vectors")
         stars = _stars(stars, len(vectors))
         first = len(self)
-        add_vectors(self.index_, with_rating(vectors, stars, self.config.rating_weight))
-        self.vectors_ = np.concatenate([self.vectors_, vectors])
+        if not len(vectors):
+            return np.arange(first, first, dtype=np.int64)
+        self._parts = self._parts + [vectors]  # a new list: a copy of this core keeps its own
         self.stars_ = np.concatenate([self.stars_, stars])
+        self.live_ = np.concatenate([self.live_, np.ones(len(vectors), dtype=bool)])
+        if self.config.index.kind_for(len(self)) != self.index_kind:  # an 'auto' index outgrew exact search
+            self.index_ = build_index(with_rating(self.vectors_, self.stars_, self.config.rating_weight),
+                                      self.config.index)
+            self.batches_ = []  # the new index holds every id
+        else:
+            add_vectors(self.index_, with_rating(vectors, stars, self.config.rating_weight))
+            self.batches_ = self.batches_ + [(first, len(vectors))]
         self._forget()
         return np.arange(first, len(self), dtype=np.int64)
+
+    def remove(self, ids: Sequence[int] | np.ndarray) -> int:
+        """Leave `ids` out of every search from now on; returns how many were live. HNSW cannot delete a node, so
+        they stay in the index until the core is `compacted`."""
+        ids = self._ids(ids)
+        removed = int(np.count_nonzero(self.live_[ids]))
+        if removed:
+            live = self.live_.copy()
+            live[ids] = False
+            self.live_ = live
+            self._removals += 1
+            self._forget()
+        return removed
+
+    def set_stars(self, ids: Sequence[int] | np.ndarray, stars: np.ndarray) -> np.ndarray:
+        """New ratings for `ids`; returns the ids the images have now. With rating weight 0 they keep their ids.
+        Otherwise the rating is part of the indexed vector, so they are indexed again under new ids (the same
+        vectors, no features extracted) and their old ids removed."""
+        ids = self._ids(ids)
+        stars = _stars(stars, len(ids))
+        if self.config.rating_weight == 0:
+            updated = self.stars_.copy()
+            updated[ids] = stars
+            self.stars_ = updated
+            self._forget()
+            return ids
+        moved = self.add_vectors(self.gather(ids), stars)
+        self.remove(ids)
+        return moved
+
+    def compacted(self) -> "SearchCore":
+        """A core over the live vectors only, with a new index: the i-th live id becomes id i."""
+        keep = np.flatnonzero(self.live_)
+        return SearchCore.from_state(self.config, self.pca_, self.gather(keep), self.stars_[keep], None,
+                                     self.calibration_)
+
+    def _ids(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
+            raise ValueError(f"ids must lie within 0..{len(self) - 1}")
+        return ids
 
     def set_calibration(self, calibration: Calibration) -> "SearchCore":
         """Hold the match threshold `simlib.threshold.calibrate` chose for this core."""
@@ -232,20 +241,53 @@ class SearchCore:
 
     def _rebuilt(self, config: SearchConfig) -> "SearchCore":
         index = faiss.clone_index(self.index_) if config == self.config else None
-        return SearchCore.from_state(config, self.pca_, self.vectors_, self.stars_, index, self.calibration_)
+        core = SearchCore.from_state(config, self.pca_, self.vectors_, self.stars_, index, self.calibration_,
+                                     live=self.live_)
+        if index is not None:
+            core.batches_ = list(self.batches_)
+        return core
 
     def _forget(self) -> None:
-        self._subsets: dict = {}  # cached selections, valid until the vectors or ratings change
+        self._subsets: dict = {}  # cached selections, valid until the vectors, ratings or live ids change
 
     # ---------------------------------------------------------------- properties
 
     def __len__(self) -> int:
-        return len(self.vectors_)
+        """Ids in use, removed ones included (ids run 0..len - 1); `live_count` leaves those out."""
+        return len(self.stars_)
+
+    @property
+    def live_count(self) -> int:
+        return self._cached("live_count", lambda: int(np.count_nonzero(self.live_)), subset=False)
+
+    @property
+    def vectors_(self) -> np.ndarray:
+        """All reduced vectors (n, dim), removed ids included; joined into one array on first use after adds."""
+        if len(self._parts) > 1:
+            self._parts = [np.concatenate(self._parts)]
+        return self._parts[0]
+
+    def gather(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors of `ids` (any shape of valid ids) without joining the arrays they are held in."""
+        if len(self._parts) == 1:
+            return self._parts[0][ids]
+        ends = np.cumsum([len(part) for part in self._parts])
+        which = np.searchsorted(ends, ids, side="right")
+        out = np.empty((*np.shape(ids), self.dim), dtype=np.float32)
+        for p in np.unique(which):
+            here = which == p
+            out[here] = self._parts[p][ids[here] - (ends[p] - len(self._parts[p]))]
+        return out
+
+    @property
+    def index_kind(self) -> str:
+        """'hnsw' or 'exact': the kind of index this core holds."""
+        return "hnsw" if isinstance(self.index_, faiss.IndexHNSW) else "exact"
 
     @property
     def dim(self) -> int:
         """Width of the reduced vectors (without the rating coordinate)."""
-        return self.vectors_.shape[1]
+        return self._parts[0].shape[1]
 
     @property
     def threshold(self) -> float:
@@ -297,32 +339,34 @@ class SearchCore:
             raise ValueError("threshold must be a number, got NaN")
         q_stars = _query_stars(query_stars, len(vectors))
         subset = self._filter(min_rating, allowed)
-        k = min(k, len(self))
-        deep = self.config.score_norm > 0 and subset is None  # the visual search also gives the neighbourhood
+        everything = self._filter(None, None)  # the live ids: the background of the neighbourhood term
+        k = min(k, self.live_count)
+        deep = self.config.score_norm > 0 and subset is everything  # the visual search also gives the neighbourhood
         ids = self._nearest(vectors, q_stars, self._norm_depth(k) if deep else k, subset, ef_search)
         similarities = self._similarities(vectors, ids)
         near = similarities if deep else None
         ids, similarities = ids[:, :k], similarities[:, :k]
-        with np.errstate(invalid="ignore"):
-            best = np.where(ids >= 0, similarities, -np.inf).max(axis=1, initial=-np.inf)
-        around = self._neighbourhood(vectors, q_stars, near, ef_search)
+        best = np.where(ids >= 0, similarities, np.float32(-np.inf)).max(axis=1, initial=-np.inf)
+        around = self._neighbourhood(vectors, q_stars, near, everything, ef_search)
         score = best - self.config.score_norm * around
         fallback = ~(score >= threshold)
         for i in np.flatnonzero(fallback):
             ids[i] = self._by_rating(vectors[i], q_stars[i], ids.shape[1], min_rating, subset, ef_search)
             similarities[i] = self._similarities(vectors[i : i + 1], ids[i : i + 1])[0]
-        return Hits(ids, similarities, best.astype(np.float32), fallback, score, around)
+        return Hits(ids, similarities, best, fallback, score, around)
 
     def _norm_depth(self, k: int) -> int:
-        return min(len(self), max(k, self.config.norm_ranks[1] + 1))
+        return min(self.live_count, max(k, self.config.norm_ranks[1] + 1))
 
-    def _neighbourhood(self, vectors, q_stars, near: np.ndarray | None, ef_search) -> np.ndarray:
-        """(nq,) `neighbourhood` of each query in the whole collection (filters do not apply: the term measures
-        how crowded the query's region of the collection is, which the calibration measured on all of it)."""
+    def _neighbourhood(self, vectors, q_stars, near: np.ndarray | None, everything: Selection | None,
+                       ef_search) -> np.ndarray:
+        """(nq,) `neighbourhood` of each query among all live images (filters do not apply: the term measures how
+        crowded the query's region of the collection is, which the calibration measured on all of it)."""
         if self.config.score_norm == 0:
             return np.zeros(len(vectors))
         if near is None:
-            near = self._similarities(vectors, self._nearest(vectors, q_stars, self._norm_depth(1), None, ef_search))
+            ids = self._nearest(vectors, q_stars, self._norm_depth(1), everything, ef_search)
+            near = self._similarities(vectors, ids)
         return neighbourhood(near, self.config.norm_ranks)
 
     def _nearest(self, vectors, q_stars, k, subset: Selection | None, ef_search) -> np.ndarray:
@@ -330,7 +374,7 @@ class SearchCore:
         queries = with_rating(vectors, q_stars, self.config.rating_weight)
         if subset is None:
             return search_checked(self.index_, queries, k, ef_search)[1]
-        if subset.count == 0:
+        if subset.count == 0 or k == 0:
             return np.full((len(vectors), k), -1, dtype=np.int64)
         ef = self.config.index.ef_search if ef_search is None else int(ef_search)
         ef = max(ef, k, math.ceil(FILTER_BEAM * len(self) / subset.count))
@@ -351,7 +395,7 @@ class SearchCore:
     def _similarities(self, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
         # in float64, so that the float32 result does not depend on how the arrays happen to be aligned in memory
         # (a loaded collection must give the very numbers the saved one gave)
-        gathered = self.vectors_[np.clip(ids, 0, None)].astype(np.float64)
+        gathered = self.gather(np.clip(ids, 0, None)).astype(np.float64)
         similarities = np.einsum("qkd,qd->qk", gathered, vectors.astype(np.float64))
         return np.where(ids >= 0, similarities, np.float32(np.nan)).astype(np.float32)
 
@@ -372,42 +416,47 @@ class SearchCore:
     # ---------------------------------------------------------------- subsets
 
     def _filter(self, min_rating, allowed) -> Selection | None:
-        if min_rating is None and allowed is None:
-            return None
+        """What a search may return: None for every id, else a selection of live ids passing the filters."""
         if allowed is None:
+            if min_rating is None:
+                return None if self.live_count == len(self) else self._cached("live", lambda: self.live_)
             return self._cached(("min_rating", float(min_rating)), lambda: self._rating_mask(min_rating))
         selection = allowed if isinstance(allowed, Selection) else self.selection(allowed)
         if len(selection.mask) != len(self):
             raise ValueError(f"the selection covers {len(selection.mask)} ids, the core holds {len(self)}")
+        if selection.removals != self._removals:  # made before the latest removal
+            selection = Selection(selection.mask & self.live_, self._removals)
         if min_rating is None:
             return selection
         return Selection(selection.mask & self._cached(("min_rating", float(min_rating)),
-                                                       lambda: self._rating_mask(min_rating)).mask)
+                                                       lambda: self._rating_mask(min_rating)).mask, self._removals)
 
     def selection(self, allowed: np.ndarray) -> Selection:
-        """The ids an (n,) bool mask allows, ready to filter searches (`allowed=`)."""
-        return Selection(self._mask(allowed))
+        """The live ids an (n,) bool mask allows, ready to filter searches (`allowed=`)."""
+        return Selection(self._mask(allowed) & self.live_, self._removals)
 
     def _tier(self, values: tuple[float, ...], min_rating, subset: Selection | None) -> Selection:
         own = self._cached(("tier", values, None if min_rating is None else float(min_rating)),
                            lambda: np.isin(self.stars_, values) & self._rating_mask(min_rating))
-        cached_filter = subset is None or (min_rating is not None and subset is self._subsets.get(
-            ("min_rating", float(min_rating))))
+        cached_filter = subset is None or subset is self._subsets.get("live") or (
+            min_rating is not None and subset is self._subsets.get(("min_rating", float(min_rating))))
         return own if cached_filter else Selection(own.mask & subset.mask)
 
     def _rating_mask(self, min_rating) -> np.ndarray:
+        """Live ids rated at least `min_rating` (every live id when None)."""
         if min_rating is None:
-            return np.ones(len(self), dtype=bool)
+            return self.live_
         with np.errstate(invalid="ignore"):
-            return self.stars_ >= float(min_rating)
+            return (self.stars_ >= float(min_rating)) & self.live_
 
     def _rating_values(self) -> np.ndarray:
-        return self._cached("values", lambda: np.unique(self.stars_[~np.isnan(self.stars_)]), subset=False)
+        live = self.stars_[self.live_]
+        return self._cached("values", lambda: np.unique(live[~np.isnan(live)]), subset=False)
 
     def _cached(self, key, make, subset: bool = True):
         if key not in self._subsets:
             made = make()
-            self._subsets[key] = Selection(made) if subset else made
+            self._subsets[key] = Selection(made, self._removals) if subset else made
         return self._subsets[key]
 
     def _mask(self, allowed) -> np.ndarray:
@@ -419,17 +468,24 @@ class SearchCore:
     # ---------------------------------------------------------------- saving
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The learned state as plain arrays (vectors, stars, PCA); the FAISS index is saved beside them."""
-        arrays = {"vectors": self.vectors_, "stars": self.stars_}
+        """The learned state as plain arrays (vectors, stars, live ids, PCA); the index is saved beside them."""
+        arrays = {"vectors": self.vectors_, "stars": self.stars_, "live": self.live_}
         if self.pca_ is not None:
             arrays.update({f"pca_{k}": v for k, v in self.pca_.to_arrays().items()})
         return arrays
 
     @classmethod
     def from_arrays(
-        cls, config: SearchConfig, arrays: dict[str, np.ndarray], index: faiss.Index, calibration: Calibration | None
+        cls,
+        config: SearchConfig,
+        arrays: dict[str, np.ndarray],
+        index: faiss.Index,
+        calibration: Calibration | None,
+        *,
+        batches: Sequence[int] = (),
     ) -> "SearchCore":
-        """The core `to_arrays` (and the index) saved; ValueError when the arrays do not fit together."""
+        """The core `to_arrays` (and the index, with the `batches` added since it was saved) saved; ValueError
+        when the arrays do not fit together. Without a "live" array no id is removed."""
         pca_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("pca_")}
         pca = PCA.from_arrays(pca_arrays) if pca_arrays else None
         if (pca is None) != (config.pca_dim is None):
@@ -437,7 +493,8 @@ class SearchCore:
         for name, dtype in (("vectors", np.float32), ("stars", np.float64)):
             if arrays[name].dtype != dtype:
                 raise ValueError(f"{name} must be {np.dtype(dtype).name}, got {arrays[name].dtype}")
-        return cls.from_state(config, pca, arrays["vectors"], arrays["stars"], index, calibration)
+        return cls.from_state(config, pca, arrays["vectors"], arrays["stars"], index, calibration, batches=batches,
+                              live=arrays.get("live"))
 
 
 def _stars(stars, n: int) -> np.ndarray:
@@ -451,6 +508,13 @@ def _stars(stars, n: int) -> np.ndarray:
     if not np.all((rated == REJECTED) | ((rated >= 0) & (rated <= 5))):
         raise ValueError("stars must be NaN (unrated), -1 (rejected) or within 0..5")
     return stars
+
+
+def _live(live, n: int) -> np.ndarray:
+    live = np.asarray(live)
+    if live.dtype != bool or live.shape != (n,):
+        raise ValueError(f"the live mask must be a bool array of shape ({n},), got {live.dtype} {live.shape}")
+    return live
 
 
 def _query_stars(query_stars, nq: int) -> np.ndarray:

@@ -3,19 +3,20 @@
 The default is derived from the collection itself. A sample of its images is edited the way copies of a photo get
 edited, from mild to strong (downscaled and recompressed, cropped to 80, 70, 50 and 25% of the area, rotated,
 colours changed, blurred, mirrored, shrunk into a frame); each copy's match score with its original in the
-collection is a *match* score, and its match score with the original taken out a *non-match* score (the match
-score being the search core's: the best similarity less its neighbourhood term, `simlib.search_core`). The
-threshold is the value that minimises the sum of the two error rates (Youden's J) between those distributions,
-the midpoint of the best interval when several values tie.
+collection is a *match* score, and its match score with the original and its other copies taken out a *non-match*
+score (the match score being the search core's: the best similarity less its neighbourhood term,
+`simlib.search_core`; an image at least as similar to the original as the edited copy is counts as another copy of
+it, not as another image). The threshold is the value that minimises the sum of the two error rates (Youden's J)
+between those distributions, the midpoint of the best interval when several values tie. The same copies scored by
+their best similarity alone give the near-duplicate threshold (`Calibration.copies`, `simlib.duplicates`).
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
-import faiss
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
@@ -40,6 +41,7 @@ EDITS = (
 )
 CALIBRATION_SAMPLE = 100  # edited copies made to calibrate the match threshold (10 of each edit)
 COPY_BATCH = 8  # edited copies decoded and held at once while they are embedded
+CALIBRATION_NEIGHBOURS = 32  # nearest images searched for each edited copy's nearest other that is not a copy
 
 
 def edited_copy(image: Image.Image, variant: int) -> Image.Image:
@@ -98,9 +100,16 @@ class Calibration:
     miss_rate: float  # matches below the threshold
     false_match_rate: float  # non-matches at or above it
     method: str = "edited copies vs nearest other image, Youden's J"
+    copies: "Calibration | None" = None  # the same copies on the best similarity alone (None: that is this one)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def on_similarity(self) -> "Calibration":
+        """The calibration of the best similarity alone: what two images' similarity is compared with to call
+        them copies of one another (near duplicates)."""
+        return self if self.copies is None else self.copies
 
 
 def choose_threshold(match: np.ndarray, nonmatch: np.ndarray) -> Calibration:
@@ -172,28 +181,47 @@ def embed_edited_copies(
     return stacked, np.array(origin, dtype=np.int64)
 
 
-def copy_scores(core: "SearchCore", copy_features: np.ndarray, original_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The match scores (as `SearchCore.search` scores, with the core's `score_norm` and `norm_ranks`) of edited
-    copies of the core's images `original_ids`: over the whole collection (match), and with each copy's original
-    taken out of it (non-match). Neighbours by exact search over every image."""
+def copy_scores(core: "SearchCore", copy_features: np.ndarray, original_ids: np.ndarray,
+                score_norm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The match scores (as `SearchCore.search` scores, with the core's `norm_ranks` and `score_norm` unless given)
+    of edited copies of the core's images `original_ids`: over the whole collection (match), and with each copy's
+    original and the original's other copies taken out of it (non-match). Neighbours by exact search.
+
+    An image at least as similar to the original as the edited copy is counts as a copy of it: in a collection
+    holding copies (a backup folder, resized exports) the nearest other image of an edited copy is often another
+    copy of the same photo, a match, and counting it as a non-match would push the threshold above every edit.
+    Among the `CALIBRATION_NEIGHBOURS` nearest beyond those a search scores, copies are left out (the farthest
+    neighbour is kept when all are copies: it bounds the non-match score from above)."""
+    import faiss  # here, not at the top: reading a manifest (`simlib info`) imports this module, and must be quick
+
     original_ids = np.asarray(original_ids, dtype=np.int64)
-    queries = core.transform(copy_features)
-    searched = min(len(core), core.config.norm_ranks[1] + 1)  # the neighbours a search scores
-    distances, ids = faiss.knn(queries, core.vectors_, min(len(core), searched + 1))  # one more: the original goes
-    similarities = 1.0 - distances.astype(np.float64) / 2.0  # unit vectors: |a - b|^2 = 2 - 2 cos
-    removed = np.where(ids == original_ids[:, None], np.nan, similarities)
-    removed = -np.sort(np.where(np.isnan(removed), np.inf, -removed), axis=1)[:, :searched]  # the original last
-    removed[np.isinf(removed)] = np.nan
     config = core.config
-    return (match_score(similarities[:, :searched], config.score_norm, config.norm_ranks),
-            match_score(removed, config.score_norm, config.norm_ranks))
+    norm = config.score_norm if score_norm is None else score_norm
+    queries = core.transform(copy_features)
+    originals = core.vectors_[original_ids]
+    match = np.einsum("ij,ij->i", queries, originals).astype(np.float64)
+    searched = min(len(core), config.norm_ranks[1] + 1)  # the neighbours a search scores
+    distances, ids = faiss.knn(queries, core.vectors_, min(len(core), searched + CALIBRATION_NEIGHBOURS))
+    similarities = 1.0 - distances.astype(np.float64) / 2.0  # unit vectors: |a - b|^2 = 2 - 2 cos
+    to_original = np.einsum("qkd,qd->qk", core.vectors_[ids], originals)
+    copy = (ids == original_ids[:, None]) | (to_original >= match[:, None])
+    copy[copy.all(axis=1), -1] = False
+    others = np.where(copy, np.nan, similarities)
+    others = -np.sort(np.where(np.isnan(others), np.inf, -others), axis=1)[:, :searched]  # copies last, cut off
+    others[np.isinf(others)] = np.nan
+    return (match_score(similarities[:, :searched], norm, config.norm_ranks),
+            match_score(others, norm, config.norm_ranks))
 
 
 def calibrate(core: "SearchCore", copy_features: np.ndarray, original_ids: np.ndarray) -> Calibration:
     """The match threshold for `core` from features of edited copies of its images `original_ids`: Youden's J
-    between their match scores with the original in the collection and without it (`copy_scores`)."""
+    between their match scores with the original in the collection and without it (`copy_scores`); with score
+    normalisation, `copies` holds the threshold on the best similarity alone from the same copies."""
     if len(original_ids) == 0:
         raise ValueError("cannot calibrate the match threshold without edited copies")
     if len(core) < 2:
         raise ValueError("cannot calibrate the match threshold of fewer than 2 images")
-    return choose_threshold(*copy_scores(core, copy_features, original_ids))
+    calibration = choose_threshold(*copy_scores(core, copy_features, original_ids))
+    if core.config.score_norm == 0:
+        return calibration
+    return replace(calibration, copies=choose_threshold(*copy_scores(core, copy_features, original_ids, 0.0)))

@@ -1,12 +1,16 @@
-"""Tuning studies: the measurements behind choosing the PCA size, the HNSW parameters, the match threshold and the
-rating weight. Functions on arrays (and one on a `Collection`) returning arrays or DataFrames; notebooks plot them.
+"""Tuning studies: the measurements behind choosing the PCA size, the HNSW parameters, the match threshold, the
+rating weight and the duplicate threshold, and what grouping duplicates costs as a collection grows. Functions on
+arrays (and a few on a `Collection`) returning arrays or DataFrames; notebooks plot them.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import resource
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Sequence
 
 import faiss
@@ -15,10 +19,13 @@ import pandas as pd
 from PIL import Image
 
 from .copydetect import Queries, search_answers, summary
-from .evaluate import ann_recall_at_k, evaluate_configuration
+from .duplicates import DuplicateCache, DuplicateReport, keepers_by_rating, neighbour_edges
+from .evaluate import ann_recall_at_k, evaluate_configuration, load_groups, pair_counts, pair_precision_recall
+from .images import load_image
 from .index import IndexParams, bytes_per_vector, check_vectors, exact_search
 from .reduce import PCA, normalize_rows
 from .search_core import SearchConfig, SearchCore
+from .threshold import EDITS, edited_copy
 
 if TYPE_CHECKING:
     from .collection import Collection, SearchResult
@@ -226,3 +233,214 @@ def leave_one_out_search(
         raise ValueError(f"rule must be 'visual' or 'rating-fallback', got {rule!r}")
     threshold = -np.inf if rule == "visual" else np.inf
     return collection.search(query, k, threshold=threshold, query_rating=query_rating, exclude=[original_id]).results
+
+
+# ------------------------------------------------------------------ duplicate groups
+
+
+def write_edited_copies(sources: Sequence[str | os.PathLike],
+                        folder: str | os.PathLike) -> tuple[list[Path], np.ndarray]:
+    """Every `simlib.threshold` edit of each source image as a JPEG file (quality 90) in `folder`, named
+    `<stem>--<edit>.jpg`: copies with a known original. Returns their paths and, for each, its source's position."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, origin = [], []
+    for i, source in enumerate(sources):
+        image = load_image(source, min_side=0)
+        for variant, edit in enumerate(EDITS):
+            paths.append(folder / f"{Path(source).stem}--{edit}.jpg")
+            edited_copy(image, variant).save(paths[-1], quality=90)
+            origin.append(i)
+    return paths, np.array(origin, dtype=np.int64)
+
+
+@dataclass
+class DuplicateTruth:
+    """The files of a duplicate-grouping evaluation folder and their ground truth, per file: `copies`, equal labels
+    for copies of one picture (-1: a copy of nothing else); `scenes`, equal labels for different shots of one scene
+    (similar but not copies; -1: of no scene); `kind`, where the file comes from."""
+
+    paths: list[Path]
+    copies: np.ndarray
+    scenes: np.ndarray
+    kind: list[str]
+
+    def by_id(self, collection: "Collection") -> tuple[np.ndarray, np.ndarray]:
+        """`copies` and `scenes` per id of a collection built from the folder (-1 for ids of other files)."""
+        where = {os.fspath(p): i for i, p in enumerate(self.paths)}
+        copies = np.full(len(collection.core), -1, dtype=np.int64)
+        scenes = np.full(len(collection.core), -1, dtype=np.int64)
+        for i, record in zip(np.flatnonzero(collection.core.live_), collection.images):
+            if record.path in where:
+                copies[i], scenes[i] = self.copies[where[record.path]], self.scenes[where[record.path]]
+        return copies, scenes
+
+
+def duplicate_truth(
+    folder: str | os.PathLike,
+    *,
+    photos: Sequence[str | os.PathLike] = (),
+    distractors: Sequence[str | os.PathLike] = (),
+    wallpapers: str | os.PathLike | None = None,
+    scenes: str | os.PathLike | None = None,
+) -> DuplicateTruth:
+    """An evaluation folder for duplicate grouping: `photos` linked into `folder`/photos with every
+    `simlib.threshold` edit of each written into `folder`/edits (copies of their photo); `distractors` linked
+    there too (copies of nothing); the shared `wallpapers`
+    set linked into `folder`/wallpapers (a `groups.csv` group: one picture at several sizes, or its light and dark
+    variants: copies); the multi-shot `scenes` set linked into `folder`/scenes (a group: several shots of one
+    scene: not copies, counted apart as hard negatives)."""
+    folder = Path(folder)
+    paths: list[Path] = []
+    copies: list[int] = []
+    scene_of: list[int] = []
+    kind: list[str] = []
+
+    def add(path: Path, copy_label: int, scene: int, what: str) -> None:
+        paths.append(path)
+        copies.append(copy_label)
+        scene_of.append(scene)
+        kind.append(what)
+
+    for i, photo in enumerate(photos):
+        add(_link(Path(photo), folder / "photos"), i, -1, "photo")
+    edited, origin = write_edited_copies(photos, folder / "edits")
+    for path, i in zip(edited, origin.tolist()):
+        add(path, i, -1, "edited copy")
+    for photo in distractors:
+        add(_link(Path(photo), folder / "photos"), -1, -1, "distractor")
+    if wallpapers is not None:
+        labelled = load_groups(wallpapers, "wallpapers")
+        for path, label in zip(labelled.paths, labelled.labels.tolist()):
+            add(_link(path, folder / "wallpapers"), len(photos) + label, -1, "wallpaper")
+    if scenes is not None:
+        labelled = load_groups(scenes, "scenes")
+        for path, label in zip(labelled.paths, labelled.labels.tolist()):
+            add(_link(path, folder / "scenes"), -1, label, "scene shot")
+    return DuplicateTruth(paths, np.array(copies, dtype=np.int64), np.array(scene_of, dtype=np.int64), kind)
+
+
+def _link(source: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / source.name
+    link.symlink_to(source.resolve())
+    return link
+
+
+def duplicate_labels(report: DuplicateReport, n: int) -> np.ndarray:
+    """Per id (n,), the picture a duplicate report puts it with: the members of an exact group and those of the
+    near group of its keeper share a label (the smallest id among them); -1 for ids in no group."""
+    parent: dict[int, int] = {}
+
+    def root(i: int) -> int:
+        while parent.setdefault(i, i) != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for group in report.groups:
+        first = root(group.members[0].id)
+        for member in group.members[1:]:
+            other = root(member.id)
+            parent[max(first, other)] = first = min(first, other)
+    labels = np.full(n, -1, dtype=np.int64)
+    for i in list(parent):
+        labels[i] = root(i)
+    return labels
+
+
+def sweep_duplicate_threshold(
+    collection: "Collection", truth: np.ndarray, thresholds: Sequence[float], hard_negatives: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Pair precision and recall of `collection.duplicate_groups` against `truth` (per id: equal labels are copies
+    of one picture, -1 none) at each threshold, regrouped from one `DuplicateCache`. `hard_negatives` (per id):
+    labels of pictures that are similar but not copies (several shots of one scene): the share of their pairs
+    grouped is reported too."""
+    cache, rows = DuplicateCache(), []
+    for threshold in sorted(thresholds):  # the lowest first: its neighbour search serves every other threshold
+        report = collection.duplicate_groups(threshold, cache=cache)
+        predicted = duplicate_labels(report, len(collection.core))
+        row = {"threshold": threshold, **pair_precision_recall(predicted, truth),
+               "exact groups": len(report.of_kind("exact")), "near groups": len(report.of_kind("near"))}
+        if hard_negatives is not None:
+            _, scene_pairs, both = pair_counts(predicted, hard_negatives)
+            row["scene pairs grouped"] = both / scene_pairs if scene_pairs else 0.0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plant_copies(vectors: np.ndarray, share: float, seed: int = 0,
+                 similarity: tuple[float, float] = (0.9, 0.99)) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of unit `vectors` in which a `share` of them are replaced by copies of others (an original may get
+    several), each at a cosine drawn uniformly from `similarity` to its original, and the ground truth: per id, the
+    id of the picture it shows (its own for every vector that is not a copy)."""
+    vectors = check_vectors(vectors)
+    rng = np.random.default_rng(seed)
+    n, dim = vectors.shape
+    copies = rng.choice(n, size=int(round(share * n)), replace=False)
+    originals = rng.choice(np.setdiff1d(np.arange(n), copies), size=len(copies))
+    cosine = rng.uniform(*similarity, size=len(copies)).astype(np.float32)[:, None]
+    source = vectors[originals]
+    away = rng.standard_normal((len(copies), dim)).astype(np.float32)
+    away -= np.einsum("ij,ij->i", away, source)[:, None] * source  # orthogonal to the original: the cosine is exact
+    away = normalize_rows(away)
+    planted = vectors.copy()
+    planted[copies] = cosine * source + np.sqrt(1 - cosine**2) * away
+    truth = np.arange(n, dtype=np.int64)
+    truth[copies] = originals
+    return planted, truth
+
+
+@dataclass
+class GroupingCost:
+    """One grouping of a core's vectors (`duplicates.group_vectors`, in its two steps): seconds, pairs found (and
+    the bytes they take), groups, and the process's resident memory before and at its peak during the grouping,
+    in bytes (`peak_reset`: the kernel's peak was reset just before, so the peak is the grouping's own)."""
+
+    search_seconds: float  # the neighbour search over every vector
+    grouping_seconds: float  # the star rule over the pairs found
+    pairs: int
+    pairs_bytes: int
+    groups: int
+    grouped: int  # vectors in a group
+    rss_before: int
+    peak_rss: int
+    peak_reset: bool
+    keeper: np.ndarray  # (n,) the keeper id of every id, -1 for ids in no group
+
+
+def grouping_cost(core: SearchCore, threshold: float, *, ef_search: int | None = None) -> GroupingCost:
+    """Group `core`'s vectors at `threshold` and measure it (Linux: resident memory from /proc/self/status)."""
+    reset = _reset_peak_memory()
+    before = _memory("VmRSS")
+    started = time.perf_counter()
+    edges = neighbour_edges(core, threshold, ef_search=ef_search)
+    searched = time.perf_counter()
+    keeper = keepers_by_rating(core.stars_, edges)
+    grouped = keeper >= 0
+    return GroupingCost(searched - started, time.perf_counter() - searched, len(edges.first), edges.nbytes,
+                        int(np.count_nonzero(keeper[grouped] == np.flatnonzero(grouped))),
+                        int(np.count_nonzero(grouped)), before, _memory("VmHWM"), reset, keeper)
+
+
+def _reset_peak_memory() -> bool:
+    """Reset the kernel's record of this process's peak resident memory (Linux 4.0+); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _memory(field: str) -> int:
+    """A memory figure of this process in bytes from /proc/self/status (VmRSS: now, VmHWM: peak); the peak from
+    getrusage where /proc is absent."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

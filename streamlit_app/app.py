@@ -6,6 +6,7 @@ Launch with `scripts/app` (or `streamlit run streamlit_app/app.py`). It opens on
 import streamlit as st
 
 import build_view
+import duplicates_view
 import labels
 import overview_view
 import search_view
@@ -22,7 +23,9 @@ def main() -> None:
 
     st.title("simlib: similar-image search")
     header = st.container()
-    search_tab, overview_tab, build_tab = st.tabs(["Search", "Collection", "Build, save, open"])
+    # the tabs track which one is open, so that the Duplicates tab groups the collection only while it is shown
+    search_tab, duplicates_tab, overview_tab, build_tab = st.tabs(
+        ["Search", "Duplicates", "Collection", "Build, save, open"], key="tab", on_change="rerun")
     with build_tab:
         # drawn first, so that a collection built or added to here is the one the other tabs show in this run
         build_view.render(session, backbone, session.active(settings.backbone, settings.rating_weight),
@@ -40,6 +43,9 @@ def main() -> None:
                     "bundled sample and to new collections.")
     with search_tab:
         search_view.render(collection, settings.ef_search, threshold, settings.min_rating)
+    if duplicates_tab.open:
+        with duplicates_tab:
+            duplicates_view.render(collection, session.duplicates)
     with overview_tab:
         overview_view.render(collection)
 

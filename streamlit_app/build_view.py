@@ -1,4 +1,5 @@
-"""The Build tab: index uploaded images (a new collection, or added to the open one), save, reopen."""
+"""The Build tab: index uploaded images (a new collection, or added to the open one), build or sync a collection of a
+folder on the server, save, reopen."""
 
 from __future__ import annotations
 
@@ -9,15 +10,19 @@ from streamlit.delta_generator import DeltaGenerator
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 import labels
-from simlib import Backbone, Collection, SearchConfig, CollectionError
+from simlib import Backbone, Collection, CollectionError, SearchConfig
+from simlib.store import CollectionFileError
 from workspace import (
+    LIBRARY_ENV,
     PENDING_RATING_WEIGHT,
     Outcome,
     Workspace,
+    library_folder,
     max_upload_bytes,
     open_saved,
     saved_folder,
     saved_names,
+    sync_saved,
 )
 
 # Decoding stays in the script thread (num_workers=0): forking DataLoader workers out of the multi-threaded
@@ -43,6 +48,8 @@ def render(workspace: Workspace, backbone: Backbone, active: Collection, rating_
         _build(workspace, files, backbone, rating_weight)
     if add.button("Add to the open collection", key="add", disabled=not files):
         _add(workspace, files, active, refit)
+    st.divider()
+    _server_folder(workspace, backbone, rating_weight)
     st.divider()
     _save_and_open(workspace)
     with outcome_slot:
@@ -90,12 +97,38 @@ def _add(workspace: Workspace, files: Sequence[UploadedFile], active: Collection
     )
 
 
+def _server_folder(workspace: Workspace, backbone: Backbone, rating_weight: float) -> None:
+    st.subheader("A folder on this server")
+    library = library_folder()
+    if library is None:
+        st.caption(f"Set {LIBRARY_ENV} to a folder on the server to build collections of the folders under it and "
+                   "keep them in sync with their files.")
+        return
+    st.caption(f"Build a collection of a folder under {library}, saved on this server; building it again syncs it: "
+               "new files are added, deleted ones removed, edited ones extracted again, changed ratings read again.")
+    folder, name = st.columns(2)
+    relative = folder.text_input("Folder", key="server_folder", placeholder="2026/holiday")
+    chosen = name.text_input("Collection name", key="server_name", placeholder="holiday")
+    if st.button("Build or sync", key="sync", disabled=not chosen.strip()):
+        bar, progress = _progress_bar(1, "saving")
+        try:
+            collection, summary = sync_saved(library, relative, chosen, backbone,
+                                             SearchConfig(rating_weight=rating_weight), progress)
+        except (CollectionError, CollectionFileError, OSError, ValueError) as exc:
+            workspace.outcome = Outcome(f"Not built: {exc}", failed=True)
+            return
+        bar.progress(1.0, text=summary)
+        workspace.adopt(collection, f"the saved collection {chosen!r}")
+        workspace.outcome = Outcome(summary, list(collection.errors), list(collection.notes))
+        st.session_state[PENDING_RATING_WEIGHT] = collection.config.rating_weight
+
+
 def _progress_bar(total: int, then: str) -> tuple[DeltaGenerator, Callable[[int, int], None]]:
     bar = st.progress(0.0, text=f"Extracting features from {total} files...")
 
     def update(done: int, total: int) -> None:
         text = f"Extracted features of {done} of {total} files" if done < total else f"Features extracted; {then}..."
-        bar.progress(done / total, text=text)
+        bar.progress(done / max(total, 1), text=text)
 
     return bar, update
 

@@ -15,6 +15,10 @@ from simlib.ratings import REJECTED, format_stars
 VISUAL_BADGE = ":green-badge[Visual match]"
 BELOW_THRESHOLD_BADGE = ":gray-badge[Visual, below threshold]"
 FALLBACK_BADGE = ":orange-badge[Rating fallback]"
+KEEPER_BADGE = ":green-badge[Keeper]"
+TIED_KEEPER_BADGE = ":green-badge[Keeper of a tie]"
+TIE_BADGE = ":gray-badge[Tie: a copy]"
+COPY_BADGE = ":orange-badge[Copy]"
 _INLINE_MARKDOWN = re.compile(r"([\\`*_\[\]<>~$])")  # emphasis, code, links, HTML, strikethrough, LaTeX
 
 
@@ -25,6 +29,13 @@ def badge(reason: str, score: float, threshold: float) -> str:
     if reason != "visual":
         return FALLBACK_BADGE
     return VISUAL_BADGE if score >= threshold else BELOW_THRESHOLD_BADGE
+
+
+def duplicate_badge(keeper: bool, tie: bool) -> str:
+    """Markdown for a group member's badge: the keeper (of a tie or not), a copy tied with it, or a copy."""
+    if keeper:
+        return TIED_KEEPER_BADGE if tie else KEEPER_BADGE
+    return TIE_BADGE if tie else COPY_BADGE
 
 
 def stars(rating: float | None) -> str:

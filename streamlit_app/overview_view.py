@@ -17,7 +17,7 @@ def render(collection: Collection) -> None:
     count, skipped, backbone, threshold = st.columns([1, 1, 2, 1])
     count.metric("Images", len(collection))
     skipped.metric("Skipped files", len(collection.errors))
-    backbone.metric("Backbone", collection.backbone.name)
+    backbone.metric("Backbone", f"{collection.backbone.name} ({collection.backbone.precision})")
     threshold.metric("Match threshold", f"{collection.threshold:.3f}")
     ratings, variance = st.columns(2)
     with ratings:
@@ -66,8 +66,10 @@ def _pca(collection: Collection) -> None:
 
 def _index_parameters(collection: Collection) -> pd.DataFrame:
     params = collection.config.index
-    rows = [("kind", "HNSW (FAISS IndexHNSWFlat)" if params.kind == "hnsw" else "exact (FAISS IndexFlatL2)")]
-    if params.kind == "hnsw":
+    hnsw = collection.core.index_kind == "hnsw"
+    chosen = " (chosen by size)" if params.kind == "auto" else ""
+    rows = [("kind", ("HNSW (FAISS IndexHNSWFlat)" if hnsw else "exact (FAISS IndexFlatL2)") + chosen)]
+    if hnsw:
         rows += [("M", params.M), ("efConstruction", params.ef_construction), ("efSearch (default)", params.ef_search)]
     rows += [
         ("vectors", collection.core.index_.ntotal),

@@ -19,9 +19,10 @@ THUMBNAIL_SIDE = 320
 
 
 @st.cache_resource(show_spinner="Loading the backbone...")
-def backbone(name: str) -> Backbone:
-    """The backbone called `name` ('auto', 'resnet18' or 'efficientnet_lite0'), loaded once per server."""
-    return load_backbone(name)
+def backbone(name: str, precision: str = "auto") -> Backbone:
+    """The backbone called `name` ('auto', 'resnet18' or 'efficientnet_lite0') in `precision`, loaded once per
+    server."""
+    return load_backbone(name, precision=precision)
 
 
 @st.cache_resource(show_spinner="Indexing the bundled sample collection (once per server)...", max_entries=16)

@@ -72,7 +72,7 @@ def _query(collection: Collection, mode: str) -> tuple[bytes | str | None, str]:
 
 def _show_query(query: bytes | str, response: SearchResponse) -> None:
     picture, facts = st.columns([1, 3])
-    _thumbnail(picture, query)
+    show_thumbnail(picture, query)
     facts.markdown(f"**Query:** {labels.escape(response.query)}")
     facts.markdown(f"**Query rating:** {labels.escape(response.query_rating.describe())}")
     if response.fallback:
@@ -89,7 +89,7 @@ def _show_results(response: SearchResponse) -> None:
     for start in range(0, len(response.results), COLUMNS):
         for column, result in zip(st.columns(COLUMNS), response.results[start : start + COLUMNS]):
             with column.container(border=True):
-                _thumbnail(st, result.path)
+                show_thumbnail(st, result.path)
                 st.markdown(f"**{result.rank}. {labels.escape(labels.file_name(result.path))}**")
                 st.markdown(labels.badge(result.reason, result.score, response.threshold))
                 st.caption(f"similarity {result.similarity:.3f} · {labels.stars(result.rating)}")
@@ -117,7 +117,7 @@ def _table(response: SearchResponse) -> pd.DataFrame:
     )
 
 
-def _thumbnail(where, source: bytes | str) -> None:
+def show_thumbnail(where, source: bytes | str) -> None:
     """An upright thumbnail, or why the image cannot be shown (a saved collection may name files that are no
     longer on this server)."""
     try:

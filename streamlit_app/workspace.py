@@ -19,11 +19,14 @@ import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 import resources
-from simlib import Collection, FileError
-from simlib.manifest import read_manifest
+from simlib import Backbone, Collection, FileError, SearchConfig
+from simlib.duplicates import DuplicateCache
 from simlib.files import safe_file_name
+from simlib.manifest import read_manifest
+from simlib.store import DATABASE, locked
 
 STORE_ENV = "SIMLIB_APP_STORE"  # where saved collections and session upload folders live
+LIBRARY_ENV = "SIMLIB_APP_LIBRARY"  # a server folder whose subfolders may be indexed and synced
 MAX_UPLOAD_ENV = "SIMLIB_APP_MAX_UPLOAD_MB"  # per-file limit for uploads
 DEFAULT_MAX_UPLOAD_MB = 50.0
 SIDECAR_SUFFIX = ".xmp"
@@ -40,8 +43,36 @@ def saved_folder() -> Path:
 
 def saved_names() -> list[str]:
     """Names of the collections saved on this server, newest first."""
-    files = sorted(saved_folder().glob("*.simlib"), key=lambda p: p.stat().st_mtime, reverse=True)
+    files = sorted((p for p in saved_folder().glob("*.simlib") if (p / DATABASE).is_file()),
+                   key=lambda p: (p / DATABASE).stat().st_mtime, reverse=True)
     return [p.stem for p in files]
+
+
+def library_folder() -> Path | None:
+    """The server folder under which folders may be indexed, or None when the app is not given one."""
+    folder = os.environ.get(LIBRARY_ENV)
+    return Path(folder).resolve() if folder else None
+
+
+def sync_saved(library: Path, relative: str, name: str, backbone: Backbone, config: SearchConfig,
+               progress) -> tuple[Collection, str]:
+    """Build the saved collection `name` of the folder `relative` under `library`, or sync it when it exists;
+    returns it and a sentence saying what was done."""
+    folder = (library / relative).resolve()
+    if not folder.is_relative_to(library) or not folder.is_dir():
+        raise ValueError(f"{relative!r} is not a folder under {library}")
+    target = saved_folder() / f"{safe_file_name(name)}.simlib"
+    with locked(target):  # from loading to saving: another session or process syncing it waits
+        if (target / DATABASE).exists():
+            collection = Collection.load(target, resources.backbone(read_manifest(target).backbone.name))
+            report = collection.sync(folder, progress=progress, num_workers=0)
+            summary = f"Synced {target.stem!r} with {folder}: {report.summary()}."
+        else:
+            collection = Collection(backbone, config)
+            report = collection.add(folder, refit=True, progress=progress, num_workers=0)
+            summary = f"Built {target.stem!r} from {folder}: {report.added} images."
+        collection.save(target)
+    return collection, summary
 
 
 def max_upload_bytes() -> int:
@@ -78,6 +109,8 @@ class Workspace:
         self.label = "the bundled sample collection"
         self.outcome: Outcome | None = None
         self._written: dict[str, Path] = {}  # upload file_id -> where its bytes were written
+        # neighbours and file facts of the collection shown: the Duplicates tab's slider regroups from them
+        self.duplicates = DuplicateCache()
 
     def active(self, backbone_name: str, rating_weight: float) -> Collection:
         """The collection searches run on, with the sidebar's rating weight (a changed weight rebuilds only
@@ -145,7 +178,8 @@ class Workspace:
 def open_saved(name: str) -> Collection:
     """A saved collection, loaded with the backbone it was built with (cached like every backbone)."""
     path = saved_folder() / f"{safe_file_name(name)}.simlib"
-    return Collection.load(path, resources.backbone(read_manifest(path).backbone.name))
+    recorded = read_manifest(path).backbone
+    return Collection.load(path, resources.backbone(recorded.name, recorded.precision))
 
 
 def current() -> Workspace:

@@ -70,7 +70,12 @@ def efficientnet():
 @pytest.fixture
 def photo_folder(tmp_path) -> Path:
     """Twelve synthetic JPEGs in two folders; ratings via sidecars on some of them."""
-    folder = tmp_path / "photos"
+    return make_photo_folder(tmp_path / "photos")
+
+
+def make_photo_folder(folder: Path) -> Path:
+    """`photo_folder`'s content written into `folder`: scenes 0..11, every third in sub/, sidecars rating scenes
+    0..9 with i % 6 stars."""
     (folder / "sub").mkdir(parents=True)
     for i in range(12):
         target = folder / ("sub" if i % 3 == 0 else "") / f"scene-{i:02d}.jpg"

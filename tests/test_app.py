@@ -83,7 +83,7 @@ def counting(monkeypatch, module: str, name: str) -> list:
 
 def test_opens_on_the_bundled_sample_ready_to_search(app):
     assert metric(app, "Images") == "26"
-    assert metric(app, "Backbone") == "efficientnet_lite0"
+    assert metric(app, "Backbone") in ("efficientnet_lite0 (fp32)", "efficientnet_lite0 (bf16)")  # auto, by the CPU
     assert any("ResNet-18 ImageNet weights are not available offline" in i.value for i in app.sidebar.info)
     assert app.file_uploader(key="query_file").value is None
     assert any("Upload a query image" in i.value for i in app.info)
@@ -193,7 +193,7 @@ def test_save_reopen_and_add_leave_the_shared_sample_intact(app, app_env):
     app.slider(key="rating_weight").set_value(1.0).run()
     app.text_input(key="save_name").input("../My set").run()
     app.button(key="save").click().run()
-    assert (app_env / "collections" / "My set.simlib").is_file()
+    assert (app_env / "collections" / "My set.simlib" / "collection.sqlite").is_file()
 
     app.slider(key="rating_weight").set_value(0.0).run()
     app.button(key="close").click().run()
@@ -265,3 +265,54 @@ def test_the_folder_filter_keeps_results_in_the_chosen_folder(app, app_env, effi
     app.selectbox(key="under").set_value(str(tmp_path / "photos" / "beach")).run()
     assert not app.exception, app.exception
     assert len(results(app)) == 3 and set(results(app)["file"]) == {"1.jpg", "3.jpg", "5.jpg"}
+
+
+def test_a_server_folder_is_built_into_a_collection_and_synced_with_its_files(app, app_env, tmp_path, monkeypatch):
+    library = tmp_path / "library"
+    (library / "trip").mkdir(parents=True)
+    for i in range(4):
+        scene(600 + i).save(library / "trip" / f"{i}.jpg", quality=90)
+    monkeypatch.setenv("SIMLIB_APP_LIBRARY", str(library))
+    app.run()
+    app.text_input(key="server_folder").input("trip").run()
+    app.text_input(key="server_name").input("Trip").run()
+    app.button(key="sync").click().run()
+    assert not app.exception, app.exception
+    assert f"Built 'Trip' from {library / 'trip'}: 4 images." in app.success[0].value and metric(app, "Images") == "4"
+
+    (library / "trip" / "0.jpg").unlink()
+    scene(610).save(library / "trip" / "new.jpg", quality=90)
+    (library / "trip" / "1.jpg.xmp").write_text(xmp_packet(5))
+    app.button(key="sync").click().run()
+    assert not app.exception, app.exception
+    assert ("1 added, 1 removed, 0 changed, 1 rating changed, 2 unchanged, 0 skipped." in app.success[0].value)
+    assert metric(app, "Images") == "4"
+    app.text_input(key="server_folder").input("../..").run()
+    app.button(key="sync").click().run()
+    assert "is not a folder under" in app.error[0].value  # nothing outside the library folder is indexed
+
+
+def test_the_duplicates_tab_shows_groups_with_keepers_and_its_slider_regroups_without_rebuilding(app, monkeypatch):
+    extractions, builds, decodes = (counting(monkeypatch, "simlib.collection", "extract_features"),
+                                    counting(monkeypatch, "simlib.search_core", "build_index"),
+                                    counting(monkeypatch, "simlib.duplicates", "read_facts"))
+    assert not any(m.value.startswith(":blue-badge[Exact copies]") for m in app.markdown)  # drawn only when open
+    app.session_state["tab"] = "Duplicates"
+    app.run()
+    # the sample's two PNGs decode to the same uniform colour: one exact group, no near duplicates
+    assert metric(app, "Exact groups") == "1" and metric(app, "Near groups") == "0"
+    assert [b for b in badges(app) if "Keeper" in b or "Copy" in b] == [":green-badge[Keeper]", ":orange-badge[Copy]"]
+    group = [m.value for m in app.markdown if m.value.startswith(":blue-badge[Exact copies] **Group 1**")]
+    assert group and "2 images, keeper " in group[0]
+    assert any(c.value.startswith("the keeper: ") for c in app.caption)
+    assert len(app.get("image")) == 2 and len(decodes) == 2  # no query yet: only the group's thumbnails
+    assert app.download_button(key="download_duplicates").label == "Download groups (CSV)"
+
+    app.slider(key="duplicate_threshold").set_value(0.5).run()
+    assert not app.exception, app.exception
+    assert metric(app, "Exact groups") == "1" and metric(app, "Near groups") == "1"
+    assert any(m.value.startswith(":violet-badge[Near duplicates] **Group 2**") for m in app.markdown)
+    assert len(app.get("image")) == 4 and len(decodes) == 4  # the facts of the two images newly grouped
+    app.slider(key="duplicate_threshold").set_value(1.0).run()
+    assert metric(app, "Near groups") == "0" and metric(app, "Exact groups") == "1"
+    assert extractions == [] and builds == [] and len(decodes) == 4  # regrouped from the neighbours and facts found

@@ -1,17 +1,37 @@
+"""Collection files of format version 1 (one zip): loading one says how to convert it, `simlib convert` turns it
+into a collection folder with the same search results, and a damaged or forged file is refused while converting."""
+
+import hashlib
 import io
 import json
+import pickle
 import zipfile
 
 import numpy as np
 import pytest
 
 from simlib import Collection
-from simlib.archive import FORMAT_VERSION, CollectionFileError, read_collection, read_manifest
+from simlib.archive import read_collection
+from simlib.cli import main
+from simlib.store import CollectionFileError
+
+from .format1 import write_format1
+
+
+@pytest.fixture(scope="module")
+def built(resnet18, tmp_path_factory):
+    from .conftest import scene
+
+    folder = tmp_path_factory.mktemp("format1") / "photos"
+    folder.mkdir()
+    for seed in range(600, 606):
+        scene(seed).save(folder / f"{seed}.jpg", quality=90)
+    return Collection.build(folder, resnet18, progress=False, num_workers=0)
 
 
 @pytest.fixture
-def saved(resnet18, photo_folder, tmp_path):
-    return Collection.build(photo_folder, resnet18, progress=False).save(tmp_path / "c.simlib")
+def old_file(built, tmp_path):
+    return write_format1(built, tmp_path / "old.simlib")
 
 
 def rewrite(path, change):
@@ -23,53 +43,51 @@ def rewrite(path, change):
             target.writestr(name, change(name, data))
 
 
-def test_manifest_records_what_a_reader_needs(saved):
-    manifest = read_manifest(saved)
-    assert manifest["format_version"] == FORMAT_VERSION
-    assert manifest["backbone"]["name"] == "resnet18" and len(manifest["backbone"]["weights_sha256"]) == 64
-    assert manifest["config"]["pca_dim"] == 128 and manifest["pca"]["n_components"] == 11
-    assert manifest["config"]["index"] == {"kind": "hnsw", "M": 32, "ef_construction": 200, "ef_search": 128}
-    assert {"torch", "faiss", "numpy", "simlib"} <= set(manifest["library_versions"])
-    assert len(manifest["images"]) == 12 and {"path", "rating", "rating_source"} <= set(manifest["images"][0])
-    assert set(manifest["files"]) >= {"features.npy", "vectors.npy", "index.faiss", "pca_components.npy"}
+def test_loading_a_format1_file_says_how_to_convert_it(old_file):
+    with pytest.raises(CollectionFileError, match=r"format version 1 .* Convert it with `simlib convert"):
+        Collection.load(old_file)
 
 
-def test_a_member_that_does_not_match_its_checksum_is_refused(saved):
-    rewrite(saved, lambda name, data: data[:-4] + b"\x00\x00\x00\x00" if name == "vectors.npy" else data)
+def test_convert_gives_a_folder_with_the_same_search_results(old_file, built, resnet18_weights, tmp_path, capsys):
+    assert main(["convert", str(old_file), str(tmp_path / "new.simlib"), "--weights", str(resnet18_weights)]) == 0
+    assert "Converted" in capsys.readouterr().out
+    converted = Collection.load(tmp_path / "new.simlib", built.backbone)
+    query = built.images[2].path
+    assert converted.search(query, k=4).to_dict() == built.search(query, k=4).to_dict()
+    assert converted.root == built.root and all(r.stamp.sha256 is None for r in converted.images)
+    assert main(["convert", str(old_file), str(tmp_path / "new.simlib")]) == 1  # never over an existing one
+
+
+def test_a_member_that_does_not_match_its_checksum_is_refused(old_file):
+    rewrite(old_file, lambda name, data: data[:-4] + b"\x00\x00\x00\x00" if name == "vectors.npy" else data)
     with pytest.raises(CollectionFileError, match="checksum mismatch for vectors.npy"):
-        read_collection(saved)
+        read_collection(old_file)
 
 
-def test_a_newer_format_version_is_refused_with_advice(saved):
-    def bump(name, data):
-        if name != "manifest.json":
-            return data
-        manifest = json.loads(data)
-        manifest["format_version"] = FORMAT_VERSION + 1
-        return json.dumps(manifest)
+def test_a_pickled_array_member_is_refused_and_never_run(old_file, tmp_path):
+    marker = tmp_path / "code-ran"
 
-    rewrite(saved, bump)
-    with pytest.raises(CollectionFileError, match="format version 2 .* Rebuild"):
-        Collection.load(saved)
+    class Payload:
+        def __reduce__(self):
+            return exec, (f"open({str(marker)!r}, 'w').close()",)
 
-
-def test_a_pickled_array_is_never_loaded(saved):
     buffer = io.BytesIO()
-    np.save(buffer, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    np.save(buffer, np.array([Payload()], dtype=object), allow_pickle=True)
     evil = buffer.getvalue()
+    assert pickle.loads(pickle.dumps(Payload())) is None and marker.exists()  # the control: unpickling runs it
+    marker.unlink()
 
     def swap(name, data):
         if name == "manifest.json":
             manifest = json.loads(data)
-            import hashlib
-
             manifest["files"]["vectors.npy"] = {"sha256": hashlib.sha256(evil).hexdigest(), "bytes": len(evil)}
             return json.dumps(manifest)
         return evil if name == "vectors.npy" else data
 
-    rewrite(saved, swap)
+    rewrite(old_file, swap)
     with pytest.raises(CollectionFileError, match="vectors.npy cannot be parsed.*pickle"):
-        read_collection(saved)
+        read_collection(old_file)
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("content", [b"", b"not a zip at all", b"PK\x03\x04 broken"])
@@ -78,19 +96,3 @@ def test_files_that_are_not_collections_are_named(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(CollectionFileError, match="x.simlib: not a simlib collection"):
         read_collection(path)
-
-
-def test_missing_member_is_reported(saved):
-    with zipfile.ZipFile(saved) as source:
-        members = {n: source.read(n) for n in source.namelist() if n != "index.faiss"}
-    with zipfile.ZipFile(saved, "w") as target:
-        for name, data in members.items():
-            target.writestr(name, data)
-    with pytest.raises(CollectionFileError, match="index.faiss listed in the manifest is missing"):
-        read_collection(saved)
-
-
-def test_save_replaces_atomically_and_leaves_no_temporary_files(resnet18, photo_folder, saved):
-    Collection.build(photo_folder, resnet18, progress=False).save(saved)
-    assert [p.name for p in saved.parent.iterdir() if p.name.startswith(".")] == []
-    assert read_collection(saved)[2].ntotal == 12

@@ -143,3 +143,46 @@ def test_features_embed_a_large_batch_a_few_images_at_a_time_on_a_cpu(resnet18, 
     chunked = resnet18.features(batch)
     assert seen == [backbones.CPU_MODEL_BATCH] * 2 + [10 - 2 * backbones.CPU_MODEL_BATCH]
     assert chunked.shape == (10, 512) and np.allclose(chunked, whole, atol=1e-5)
+
+
+def test_the_backbone_names_the_cli_offers_are_the_backbones_there_are():
+    from simlib.config import BACKBONE_NAMES
+
+    assert BACKBONE_NAMES == tuple(backbones.BACKBONES)
+
+
+def test_fp32_is_the_model_in_float32_and_reproduces_itself_exactly(resnet18_weights):
+    fp32 = load_backbone("resnet18", resnet18_weights, device="cpu", precision="fp32")
+    again = load_backbone("resnet18", resnet18_weights, device="cpu", precision="fp32")
+    batch = torch.stack([fp32.preprocess(scene(seed)) for seed in range(2)])
+    assert fp32.precision == "fp32" and next(fp32.model.parameters()).dtype == torch.float32
+    assert torch.equal(fp32.embed(batch), again.embed(batch))
+
+
+@needs_offline_backbone
+def test_bf16_features_agree_with_fp32_within_the_measured_tolerance():
+    """EfficientNet-Lite0 on the bundled photos: benchmarks/precision.py measured cosine >= 0.98 between the two
+    precisions on 1,352 real photos; bf16 weights and inputs, float32 unit-norm output."""
+    from .conftest import DATA
+
+    fp32 = load_backbone("efficientnet_lite0", device="cpu", precision="fp32")
+    bf16 = load_backbone("efficientnet_lite0", device="cpu", precision="bf16")
+    images = [Image.open(p).convert("RGB") for p in sorted((DATA / "collection").glob("*.jpg"))[:8]]
+    a, b = fp32.embed_images(images), bf16.embed_images(images)
+    assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-5)
+    cosine = np.einsum("ij,ij->i", a, b)
+    assert cosine.min() >= 0.98 and not np.array_equal(a, b)  # close, yet really computed in another precision
+
+
+def test_auto_precision_takes_bf16_only_where_it_is_native_and_the_quality_holds(monkeypatch):
+    cpu = torch.device("cpu")
+    holds = backbones.BackboneSpec(**{**backbones.EFFICIENTNET_LITE0.__dict__, "bf16_holds_quality": True})
+    fails = backbones.BackboneSpec(**{**backbones.EFFICIENTNET_LITE0.__dict__, "bf16_holds_quality": False})
+    monkeypatch.setattr(backbones, "native_bf16", lambda device: True)
+    assert backbones.resolve_precision(holds, "auto", cpu) == "bf16"
+    assert backbones.resolve_precision(fails, "auto", cpu) == "fp32"
+    monkeypatch.setattr(backbones, "native_bf16", lambda device: False)
+    assert backbones.resolve_precision(holds, "auto", cpu) == "fp32"
+    assert backbones.resolve_precision(holds, "bf16", cpu) == "bf16"  # asked for explicitly: emulated if need be
+    with pytest.raises(ValueError, match="precision must be one of"):
+        backbones.resolve_precision(holds, "fp16", cpu)

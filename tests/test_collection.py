@@ -143,9 +143,10 @@ def test_loading_with_other_weights_is_refused(built, tmp_path, efficientnet):
         Collection.load(path, efficientnet)
 
 
-def test_saving_over_a_folder_is_refused(built, tmp_path):
-    with pytest.raises(CollectionFileError, match="is a folder"):
+def test_saving_over_a_folder_that_is_not_a_collection_is_refused(built, tmp_path):
+    with pytest.raises(CollectionFileError, match="a folder that is not a simlib collection"):
         built.save(tmp_path)
+    assert not (tmp_path / "lock").exists()
 
 
 def test_rating_weight_pulls_results_towards_the_query_rating(resnet18, photo_folder):

@@ -355,3 +355,55 @@ def test_a_configuration_saved_before_score_normalisation_reads_without_it():
     saved = SearchConfig().to_dict()
     del saved["score_norm"], saved["norm_ranks"]
     assert SearchConfig.from_dict(saved).score_norm == 0.0
+
+
+# ------------------------------------------------------------------ removing
+
+
+def test_removed_ids_are_left_out_of_both_rules_and_every_filter(hnsw, queries):
+    core = hnsw.copy()
+    first = core.search(queries[:20], 5, threshold=-np.inf).ids
+    selection = core.selection(np.ones(len(core), dtype=bool))  # made before the removal
+    gone = np.unique(first[:, :2])
+    assert core.remove(gone) == len(gone) and core.live_count == len(core) - len(gone)
+    for options in ({"threshold": -np.inf}, {"threshold": np.inf, "query_stars": 3}, {"threshold": np.inf},
+                    {"threshold": -np.inf, "min_rating": 2}, {"threshold": -np.inf, "allowed": selection},
+                    {"threshold": np.inf, "allowed": core.selection(np.ones(len(core), dtype=bool))}):
+        ids = core.search(queries[:20], 10, **options).ids
+        assert (ids >= 0).any() and not np.isin(ids, gone).any(), options
+    assert np.array_equal(hnsw.search(queries[:20], 5, threshold=-np.inf).ids, first)  # the original keeps them
+
+
+def test_a_compacted_core_answers_like_the_filtered_one(exact, queries):
+    core = exact.copy()
+    core.remove(np.arange(0, len(core), 3))
+    compacted = core.compacted()
+    keep = np.flatnonzero(core.live_)
+    assert len(compacted) == compacted.index_.ntotal == len(keep)
+    for options in ({"threshold": -np.inf}, {"threshold": np.inf, "query_stars": 4}, {"threshold": -np.inf,
+                                                                                      "min_rating": 3}):
+        a, b = core.search(queries[:30], 8, **options), compacted.search(queries[:30], 8, **options)
+        assert np.array_equal(a.ids, np.where(b.ids >= 0, keep[b.ids], -1)), options
+
+
+def test_new_ratings_keep_ids_without_a_rating_weight_and_move_them_with_one(features, stars, queries):
+    pure = SearchCore(SearchConfig(pca_dim=16, index=EXACT)).fit(features[:500], stars[:500])
+    assert pure.set_stars([3, 4], np.array([5.0, np.nan])).tolist() == [3, 4]
+    assert pure.stars_[3] == 5.0 and np.isnan(pure.stars_[4]) and len(pure) == 500
+    heavy = SearchCore(SearchConfig(pca_dim=16, index=EXACT, rating_weight=2.0)).fit(features[:500], stars[:500])
+    moved = heavy.set_stars([3, 4], np.array([5.0, 1.0]))
+    assert moved.tolist() == [500, 501] and not heavy.live_[[3, 4]].any() and heavy.stars_[500] == 5.0
+    assert np.array_equal(heavy.vectors_[500], heavy.vectors_[3])
+    assert heavy.search_vectors(heavy.vectors_[3:4], 1, threshold=-np.inf, query_stars=5).ids[0, 0] == 500
+
+
+def test_an_auto_index_is_exact_while_small_and_becomes_hnsw_as_it_grows(features, monkeypatch):
+    import simlib.config
+
+    monkeypatch.setattr(simlib.config, "EXACT_BELOW", 300)
+    core = SearchCore(SearchConfig(pca_dim=16)).fit(features[:200])
+    assert core.config.index.kind == "auto" and core.index_kind == "exact"
+    core.add(features[200:400])
+    assert core.index_kind == "hnsw" and core.index_.ntotal == 400
+    assert core.search(features[350:351], 1, threshold=-np.inf).ids[0, 0] == 350
+    assert SearchCore(SearchConfig(pca_dim=16, index=IndexParams(kind="hnsw"))).fit(features[:50]).index_kind == "hnsw"

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -99,3 +101,27 @@ def test_with_score_normalisation_calibration_scores_copies_as_a_search_would():
 def test_the_calibration_sample_is_seeded_and_bounded():
     assert np.array_equal(calibration_sample(1000), calibration_sample(1000))
     assert len(calibration_sample(1000)) == 100 and calibration_sample(7).tolist() == list(range(7))
+
+
+def test_another_copy_of_the_original_is_not_counted_as_a_non_match():
+    # image 1 is a copy of image 0 (closer to it than the edited copy is); image 2 is another picture
+    angles = np.array([0.0, 0.05, 1.0])
+    vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    config = SearchConfig(pca_dim=None, index=IndexParams("exact"), score_norm=0.0)
+    core = SearchCore.from_state(config, None, vectors)
+    copy = np.array([[np.cos(-0.2), np.sin(-0.2)]], dtype=np.float32)  # an edited copy of image 0
+    calibration = calibrate(core, copy, np.array([0]))
+    assert calibration.nonmatch_median == pytest.approx(np.cos(1.2))  # image 2, not the copy at 0.05
+    assert calibration.match_median == pytest.approx(np.cos(0.2))
+
+
+def test_with_score_normalisation_the_near_duplicate_threshold_is_calibrated_on_similarity_alone():
+    rng = np.random.default_rng(1)
+    vectors = normalize_rows(rng.standard_normal((40, 8)))
+    copies = normalize_rows(vectors[:20] + 0.4 * rng.standard_normal((20, 8)))
+    plain = SearchConfig(pca_dim=None, index=IndexParams("exact"), score_norm=0.0)
+    normed = calibrate(SearchCore.from_state(replace(plain, score_norm=0.5), None, vectors), copies, np.arange(20))
+    alone = calibrate(SearchCore.from_state(plain, None, vectors), copies, np.arange(20))
+    assert alone.copies is None and alone.on_similarity is alone
+    assert normed.on_similarity.threshold == pytest.approx(alone.threshold)
+    assert normed.threshold < alone.threshold  # the score is the similarity less a positive neighbourhood term

@@ -22,6 +22,7 @@ STARTUP_S = 120  # until the server answers its health check
 FIRST_PAGE_MS = 600_000  # the first page indexes the bundled sample on a slow CI machine
 SEARCH_MS = 120_000
 SCREENSHOT_ENV = "SIMLIB_APP_SCREENSHOT"  # also copy the screenshot there (docs/app-screenshot.png for the README)
+DUPLICATES_SCREENSHOT_ENV = "SIMLIB_APP_DUPLICATES_SCREENSHOT"  # the Duplicates tab's (docs/app-duplicates.png)
 
 pytestmark = [
     needs_offline_backbone,
@@ -88,7 +89,7 @@ def loaded_images(page) -> int:
     )
 
 
-def test_uploaded_query_shows_result_images_and_badges_in_a_real_browser(server, tmp_path):
+def test_uploaded_query_shows_result_images_and_badges_and_the_duplicates_tab_in_a_real_browser(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
@@ -130,5 +131,29 @@ def test_uploaded_query_shows_result_images_and_badges_in_a_real_browser(server,
             expect(page.get_by_text("Rating fallback", exact=True)).to_have_count(8, timeout=SEARCH_MS)
             expect(page.get_by_text("is below the match threshold")).to_be_visible()
             page.screenshot(path=tmp_path / "app-fallback.png")
+
+            page.get_by_role("tab", name="Duplicates").click()
+            group = page.locator(".st-key-duplicate_group_1")
+            expect(group.get_by_text("Exact copies", exact=True)).to_be_visible(timeout=SEARCH_MS)
+            expect(group.get_by_text("Keeper", exact=True)).to_be_visible()
+            expect(group.get_by_text("Copy", exact=True)).to_be_visible()
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.st-key-duplicate_group_1 [data-testid=stImage] img')]"
+                ".filter(img => img.complete && img.naturalWidth > 0).length == 2",
+                timeout=SEARCH_MS,
+            )
+            expect(page.get_by_role("button", name="Download groups (CSV)")).to_be_visible()
+            page.locator(".st-key-duplicate_threshold input[type=range]").press("Home")  # the lowest threshold
+            expect(page.get_by_text("Near duplicates", exact=True)).to_be_visible(timeout=SEARCH_MS)
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.st-key-duplicate_group_2 [data-testid=stImage] img')]"
+                ".filter(img => img.complete && img.naturalWidth > 0).length == 2",
+                timeout=SEARCH_MS,
+            )
+            page.locator("[data-testid=stStatusWidget]").wait_for(state="detached", timeout=SEARCH_MS)
+            duplicates = tmp_path / "app-duplicates.png"
+            page.screenshot(path=duplicates)
+            if os.environ.get(DUPLICATES_SCREENSHOT_ENV):
+                shutil.copyfile(duplicates, os.environ[DUPLICATES_SCREENSHOT_ENV])
         finally:
             browser.close()

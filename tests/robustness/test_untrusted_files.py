@@ -1,5 +1,5 @@
-"""Collection and weights files written by someone else: nothing in them is unpickled, nothing they contain runs,
-a forged FAISS index is refused before FAISS reads it, and a tampered member is refused with a clear message."""
+"""Collections and weights files written by someone else: nothing in them is unpickled, nothing they contain runs,
+a forged FAISS index is refused before FAISS reads it, and a tampered file is refused with a clear message."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import pickle
+import shutil
+import sqlite3
 import struct
 import zipfile
 
@@ -18,15 +20,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simlib import Collection
-from simlib.archive import MAX_EF, CollectionFileError, check_index_bytes, read_collection
+from simlib.archive import read_collection
 from simlib.backbones import WeightsMismatchError, load_backbone
+from simlib.index import MAX_EF, IndexParams, build_index, index_to_bytes
+from simlib.index_check import check_index_bytes
 from simlib.manifest import read_manifest
-from simlib.index import IndexParams, build_index, index_to_bytes
+from simlib.store import CollectionFileError
 
 from ..conftest import scene
+from ..format1 import write_format1
 
-MEMBERS = ["features.npy", "vectors.npy", "stars.npy", "pca_mean.npy", "pca_components.npy", "pca_explained_variance.npy",
-           "pca_explained_variance_ratio.npy", "pca_settings.npy", "index.faiss"]
+DATA_FILES = ["features", "vectors", "stars", "index"]
 
 
 class Payload:
@@ -40,11 +44,17 @@ class Payload:
 
 
 @pytest.fixture(scope="module")
-def saved(resnet18, tmp_path_factory):
+def built(resnet18, tmp_path_factory):
     folder = tmp_path_factory.mktemp("untrusted")
+    (folder / "photos").mkdir()
     for seed in range(400, 406):
-        scene(seed).save(folder / f"{seed}.jpg", quality=90)
-    return Collection.build(folder, resnet18, progress=False, num_workers=0).save(folder / "good.simlib")
+        scene(seed).save(folder / "photos" / f"{seed}.jpg", quality=90)
+    return Collection.build(folder / "photos", resnet18, progress=False, num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def saved(built):
+    return built.save(built.root.parent / "good.simlib")
 
 
 @pytest.fixture
@@ -52,26 +62,40 @@ def marker(tmp_path):
     return tmp_path / "code-ran"
 
 
-def forge(source, target, members: dict[str, bytes | None] | None = None, manifest=None, compress=frozenset()):
-    """A copy of collection `source` with members replaced (None: removed) and their checksums recomputed, as an
-    attacker who rewrites the whole file would; `manifest(m)` may alter the manifest last."""
-    with zipfile.ZipFile(source) as archive:
-        contents = {name: archive.read(name) for name in archive.namelist()}
-    document = json.loads(contents.pop("manifest.json"))
-    for name, data in (members or {}).items():
-        if data is None:
-            contents.pop(name, None)
-            document["files"].pop(name, None)
-        else:
-            contents[name] = data
-            document["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    if manifest is not None:
-        manifest(document)
-    contents["manifest.json"] = json.dumps(document).encode()
-    with zipfile.ZipFile(target, "w") as archive:
-        for name, data in contents.items():
-            archive.writestr(name, data, zipfile.ZIP_DEFLATED if name in compress else zipfile.ZIP_STORED)
+def forge(source, target, files: dict[str, bytes] | None = None, settings=None, sql: str | None = None,
+          checksums: bool = True):
+    """A copy of the collection folder `source` beside it with data files replaced, their chunk sizes and
+    checksums recomputed (as an attacker who rewrites everything would; `checksums=False` keeps the old ones),
+    `settings(s)` altering the settings, and `sql` run on the database last."""
+    target = source.parent / target.name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    db = sqlite3.connect(target / "collection.sqlite")
+    for kind, data in (files or {}).items():
+        (name,) = db.execute("SELECT name FROM files WHERE kind = ?", (kind,)).fetchone()
+        (target / name).write_bytes(data)
+        if checksums:
+            rows = db.execute("SELECT rows FROM files WHERE name = ?", (name,)).fetchone()[0]
+            db.execute("DELETE FROM chunks WHERE file = ?", (name,))
+            db.execute("INSERT INTO chunks VALUES (?, 0, ?, ?, ?)", (name, rows, len(data),
+                                                                    hashlib.sha256(data).hexdigest()))
+    if settings is not None:
+        document = {key: json.loads(value) for key, value in db.execute("SELECT key, value FROM settings")}
+        settings(document)
+        db.execute("DELETE FROM settings")
+        db.executemany("INSERT INTO settings VALUES (?, ?)", ((k, json.dumps(v)) for k, v in document.items()))
+    if sql is not None:
+        db.executescript(sql)
+    db.commit()
+    db.close()
     return target
+
+
+def data_file(folder, kind):
+    db = sqlite3.connect(folder / "collection.sqlite")
+    (name,) = db.execute("SELECT name FROM files WHERE kind = ?", (kind,)).fetchone()
+    db.close()
+    return folder / name
 
 
 # ------------------------------------------------------------------------------------------ pickles
@@ -82,38 +106,37 @@ def test_the_payload_runs_code_when_unpickled_so_the_marker_detects_it(marker):
     assert marker.exists()
 
 
-@pytest.mark.parametrize("name", [m for m in MEMBERS if m.endswith(".npy")])
-def test_a_pickled_array_member_is_refused_and_never_run(name, saved, tmp_path, marker):
-    buffer = io.BytesIO()
-    np.save(buffer, np.array([Payload(marker)], dtype=object), allow_pickle=True)
-    forged = forge(saved, tmp_path / "evil.simlib", {name: buffer.getvalue()})
-    with pytest.raises(CollectionFileError, match=f"member {name} cannot be parsed.*allow_pickle=False"):
-        Collection.load(forged)
-    assert not marker.exists()
-
-
-@pytest.mark.parametrize("where", ["index.faiss", "manifest.json"])
-def test_a_pickle_in_place_of_the_index_or_manifest_is_refused_and_never_run(where, saved, tmp_path, marker):
-    evil = pickle.dumps(Payload(marker))
-    if where == "index.faiss":
-        forged = forge(saved, tmp_path / "evil.simlib", {"index.faiss": evil})
-        expected = "member index.faiss cannot be parsed .*index type .* is not one simlib writes"
-    else:
-        forged = tmp_path / "evil.simlib"
-        with zipfile.ZipFile(forged, "w") as archive:
-            archive.writestr("manifest.json", evil)
-        expected = "manifest.json is unreadable"
+@pytest.mark.parametrize("kind", DATA_FILES)
+def test_a_pickle_in_place_of_a_data_file_is_refused_and_never_run(kind, saved, tmp_path, marker, resnet18):
+    forged = forge(saved, tmp_path / f"evil-{kind}.simlib", {kind: pickle.dumps(Payload(marker))})
+    expected = "is not one simlib writes" if kind == "index" else "do not hold the 6 rows"
     with pytest.raises(CollectionFileError, match=expected):
-        Collection.load(forged)
+        Collection.load(forged, resnet18)
     assert not marker.exists()
 
 
-def test_an_unlisted_pickle_member_is_ignored_and_never_run(saved, tmp_path, marker, resnet18):
-    forged = forge(saved, tmp_path / "extra.simlib")
-    with zipfile.ZipFile(forged, "a") as archive:
-        archive.writestr("collection.pkl", pickle.dumps(Payload(marker)))
-    assert len(Collection.load(forged, resnet18)) == 6
+@pytest.mark.parametrize("where", ["array", "setting"])
+def test_a_pickle_in_place_of_an_array_or_a_setting_is_refused_and_never_run(where, saved, tmp_path, marker,
+                                                                             resnet18):
+    evil = pickle.dumps(Payload(marker))
+    if where == "array":
+        sql = (f"UPDATE arrays SET dtype = '|O', data = x'{evil.hex()}', "
+               f"sha256 = '{hashlib.sha256(evil).hexdigest()}' WHERE name = 'pca_components'")
+        expected = "array 'pca_components' has dtype '|O'"
+    else:
+        sql = f"UPDATE settings SET value = x'{evil.hex()}' WHERE key = 'config'"
+        expected = "setting 'config' is not valid JSON"
+    forged = forge(saved, tmp_path / f"evil-{where}.simlib", sql=sql)
+    with pytest.raises(CollectionFileError, match=expected):
+        Collection.load(forged, resnet18)
     assert not marker.exists()
+
+
+def test_a_data_file_named_outside_the_collection_folder_is_refused(saved, tmp_path, resnet18):
+    forged = forge(saved, tmp_path / "escape.simlib", sql="UPDATE files SET name = '../good.simlib/x' "
+                                                          "WHERE kind = 'stars'")
+    with pytest.raises(CollectionFileError, match="data file entry '../good.simlib/x'"):
+        Collection.load(forged, resnet18)
 
 
 @pytest.mark.parametrize("layout", ["torch-zip", "plain-pickle"])
@@ -133,69 +156,75 @@ def test_a_weights_file_holding_code_is_refused_and_never_run(layout, tmp_path, 
 # ------------------------------------------------------------------------------------------ tampering
 
 
-@pytest.mark.parametrize("name", MEMBERS)
-def test_a_member_changed_after_saving_fails_its_checksum_with_a_clear_message(name, saved, tmp_path):
-    with zipfile.ZipFile(saved) as archive:
-        contents = {n: archive.read(n) for n in archive.namelist()}
-    data = bytearray(contents[name])
-    data[len(data) // 2] ^= 0xFF
-    contents[name] = bytes(data)  # one bit flipped; the manifest keeps the original checksum
-    tampered = tmp_path / "tampered.simlib"
-    with zipfile.ZipFile(tampered, "w") as archive:
-        for n, d in contents.items():
-            archive.writestr(n, d)
-    with pytest.raises(CollectionFileError, match=f"checksum mismatch for {name}: the file was modified or corrupted"):
-        Collection.load(tampered)
+@pytest.mark.parametrize("kind", DATA_FILES)
+def test_a_data_file_changed_after_saving_fails_its_checksum_with_a_clear_message(kind, saved, tmp_path, resnet18):
+    data = bytearray(data_file(saved, kind).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one bit flipped; the database keeps the original checksum
+    forged = forge(saved, tmp_path / f"tampered-{kind}.simlib", {kind: bytes(data)}, checksums=False)
+    message = f"checksum mismatch for {data_file(forged, kind).name} .*: the file was modified or corrupted"
+    if kind == "features":  # search does not read the features: they are checked when something does
+        collection = Collection.load(forged, resnet18)
+        assert len(collection.search(collection.images[0].path, k=3).results) == 3
+        with pytest.raises(CollectionFileError, match=message):
+            collection.features
+    else:
+        with pytest.raises(CollectionFileError, match=message):
+            Collection.load(forged, resnet18)
 
 
-def test_a_manifest_that_misstates_a_size_is_refused(saved, tmp_path):
-    forged = forge(saved, tmp_path / "size.simlib",
-                   manifest=lambda m: m["files"]["vectors.npy"].update(bytes=m["files"]["vectors.npy"]["bytes"] + 1))
-    with pytest.raises(CollectionFileError, match="member vectors.npy has .* bytes, the manifest says"):
-        read_collection(forged)
+def test_a_database_that_misstates_a_size_is_refused(saved, tmp_path, resnet18):
+    forged = forge(saved, tmp_path / "size.simlib", sql="UPDATE chunks SET bytes = bytes + 4 WHERE file LIKE 'vectors-%'")
+    with pytest.raises(CollectionFileError, match="its chunks do not hold the 6 rows"):
+        Collection.load(forged, resnet18)
 
 
-def test_a_compressed_member_is_refused_unread_so_a_zip_bomb_cannot_inflate(saved, tmp_path):
+def test_a_format1_file_with_a_compressed_member_is_refused_unread_so_a_zip_bomb_cannot_inflate(built, tmp_path):
+    old = write_format1(built, tmp_path / "old.simlib")
     bomb = np.zeros((1 << 20, 64), np.float32)  # 256 MB of zeros deflate to about 250 kB
     buffer = io.BytesIO()
     np.save(buffer, bomb)
-    forged = forge(saved, tmp_path / "bomb.simlib", {"features.npy": buffer.getvalue()}, compress={"features.npy"})
-    assert forged.stat().st_size < 2**20
+    with zipfile.ZipFile(old) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["features.npy"] = buffer.getvalue()
+    with zipfile.ZipFile(old, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data, zipfile.ZIP_DEFLATED if name == "features.npy" else zipfile.ZIP_STORED)
+    assert old.stat().st_size < 2**20
     with pytest.raises(CollectionFileError, match="member features.npy is compressed"):
-        read_collection(forged)
+        read_collection(old)
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda m: m.__setitem__("images", "not a list"), "malformed manifest .*expected a list"),
-        (lambda m: m["images"][0].pop("rating_values"), "malformed manifest .*'rating_values' is missing"),
-        (lambda m: m["config"].__setitem__("threshold", "high"), "malformed manifest .*threshold must be a number"),
-        (lambda m: m["images"][0].__setitem__("rating", "five"), "malformed manifest .*expected a number"),
-        (lambda m: m.__setitem__("calibration", None), "malformed manifest .*expected an object"),
-        (lambda m: m["config"]["index"].__setitem__("ef_search", 2**31 - 1), "ef_search must be within 1..1048576"),
-        (lambda m: m.__setitem__("backbone", {"name": "resnet18"}), "the backbone name and weights checksum are missing"),
-        (lambda m: m["images"].pop(), "inconsistent collection: 5 image records for a search core of 6"),
-        (lambda m: m["images"][0].__setitem__("rating", 4), "the ratings array disagrees with the image records"),
+        (lambda s: s.__setitem__("notes", "not a list"), "malformed manifest .*expected a list"),
+        (lambda s: s.pop("pca"), "malformed manifest .*'pca' is missing"),
+        (lambda s: s["config"].__setitem__("threshold", "high"), "malformed manifest .*threshold must be a number"),
+        (lambda s: s.__setitem__("calibration", None), "malformed manifest .*expected an object"),
+        (lambda s: s["config"]["index"].__setitem__("ef_search", 2**31 - 1), "ef_search must be within 1..1048576"),
+        (lambda s: s.__setitem__("backbone", {"name": "resnet18"}), "the backbone name and weights checksum are missing"),
+        (lambda s: s.__setitem__("root", {"relative": 7}), "malformed manifest .*expected text"),
+        (lambda s: s.__setitem__("rows", -3), "setting 'rows' must be an integer >= 0"),
+        (lambda s: s.__setitem__("index_tail", [2**40]), "inconsistent collection: the index holds"),
     ],
-    ids=["images-not-a-list", "record-missing-field", "threshold-not-a-number", "rating-not-a-number",
-         "calibration-null", "ef-search-2^31", "backbone-without-checksum", "a-record-too-few", "rating-changed"],
+    ids=["notes-not-a-list", "pca-missing", "threshold-not-a-number", "calibration-null", "ef-search-2^31",
+         "backbone-without-checksum", "root-not-text", "rows-negative", "index-tail-too-long"],
 )
 def test_a_malformed_manifest_is_refused_with_a_clear_message(change, message, saved, tmp_path, resnet18):
-    forged = forge(saved, tmp_path / "malformed.simlib", manifest=change)
+    forged = forge(saved, tmp_path / "malformed.simlib", settings=change)
     with pytest.raises(CollectionFileError, match=message):
         Collection.load(forged, resnet18)
-    if "inconsistent" not in message and "disagrees" not in message:  # the manifest alone shows these
+    if "inconsistent" not in message and "rows" not in message:  # the settings alone show these
         with pytest.raises(CollectionFileError, match=message):
             read_manifest(forged)  # what `simlib info` and the app read
 
 
-def test_arrays_of_the_wrong_type_are_refused(saved, tmp_path, resnet18):
-    buffer = io.BytesIO()
-    np.save(buffer, np.full((6, 512), "x"))
-    forged = forge(saved, tmp_path / "strings.simlib", {"features.npy": buffer.getvalue()})
-    with pytest.raises(CollectionFileError, match="inconsistent collection: features must be float32"):
-        Collection.load(forged, resnet18)
+def test_a_record_whose_rating_disagrees_with_the_ratings_file_is_refused_when_it_is_found(saved, tmp_path, resnet18):
+    forged = forge(saved, tmp_path / "rating.simlib", sql="UPDATE images SET stars = 4 WHERE id = 0")
+    collection = Collection.load(forged, resnet18)
+    with pytest.raises(CollectionFileError, match="in its record and .* in the ratings array: the collection "
+                                                  "was modified or corrupted"):
+        collection.search(collection.images[0].path, k=6)
 
 
 # ------------------------------------------------------------------------------------------ forged FAISS indexes
@@ -248,19 +277,19 @@ def forged_indexes() -> dict[str, tuple[bytes, str]]:
 
 
 @pytest.mark.parametrize("kind", list(forged_indexes()))
-def test_a_forged_faiss_index_is_refused_before_faiss_reads_it(kind, saved, tmp_path):
+def test_a_forged_faiss_index_is_refused_before_faiss_reads_it(kind, saved, tmp_path, resnet18):
     data, message = forged_indexes()[kind]
     with pytest.raises(ValueError, match=message):
         check_index_bytes(data)
-    forged = forge(saved, tmp_path / "forged.simlib", {"index.faiss": data})
-    with pytest.raises(CollectionFileError, match="member index.faiss cannot be parsed"):
-        read_collection(forged)
+    forged = forge(saved, tmp_path / "forged.simlib", {"index": data})
+    with pytest.raises(CollectionFileError, match=r"index index-\w+\.faiss cannot be parsed"):
+        Collection.load(forged, resnet18)
 
 
-def test_an_index_for_a_different_number_of_images_is_refused(saved, tmp_path):
-    forged = forge(saved, tmp_path / "count.simlib", {"index.faiss": hnsw_bytes(n=40, d=5)})
+def test_an_index_for_a_different_number_of_images_is_refused(saved, tmp_path, resnet18):
+    forged = forge(saved, tmp_path / "count.simlib", {"index": hnsw_bytes(n=40, d=5)})
     with pytest.raises(CollectionFileError, match="the index holds 40 vectors, the collection 6"):
-        read_collection(forged)
+        Collection.load(forged, resnet18)
 
 
 def test_indexes_simlib_writes_pass_the_check():

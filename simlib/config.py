@@ -1,0 +1,110 @@
+"""Settings of the search core and its index: plain frozen dataclasses, checked on creation, written to and read
+from a collection's manifest. No heavy imports, so reading a manifest (`simlib info`) starts at once."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from numbers import Integral, Real
+from typing import Literal
+
+BACKBONE_NAMES = ("resnet18", "efficientnet_lite0")  # `simlib.backbones.BACKBONES`, named without importing torch
+MAX_M = 4096
+MAX_EF = 1 << 20
+# Below this many vectors an exact index answers one query faster than HNSW at simlib's settings, and exactly
+# (benchmarks/ann.py, "index kind by size"); kind 'auto' is exact below it and HNSW from it on.
+EXACT_BELOW = 5_000
+MAX_NORM_RANK = 100  # deepest neighbour the match score may average over
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """HNSW graph degree `M`, build beam `ef_construction`, default query beam `ef_search`; kind 'exact' is brute
+    force, 'auto' exact below `EXACT_BELOW` vectors and HNSW from there (what a collection gets by default)."""
+
+    kind: Literal["hnsw", "exact", "auto"] = "hnsw"
+    M: int = 32
+    ef_construction: int = 200
+    ef_search: int = 128
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("hnsw", "exact", "auto"):
+            raise ValueError(f"index kind must be 'hnsw', 'exact' or 'auto', got {self.kind!r}")
+        for name, limit in (("M", MAX_M), ("ef_construction", MAX_EF), ("ef_search", MAX_EF)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if not 1 <= int(value) <= limit:
+                # memory and time grow with each of them: beyond these a value is a mistake or a forged file
+                raise ValueError(f"{name} must be within 1..{limit}, got {value}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def kind_for(self, n: int) -> Literal["hnsw", "exact"]:
+        """The kind of index `n` vectors get."""
+        if self.kind == "auto":
+            return "exact" if n < EXACT_BELOW else "hnsw"
+        return self.kind
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything that shapes a search core besides the features: PCA size (None: the raw features, L2-normalised),
+    whitening, index, rating weight, and a fixed match threshold (None: the calibrated one)."""
+
+    pca_dim: int | None = 128
+    whiten: bool = False
+    index: IndexParams = IndexParams(kind="auto")
+    rating_weight: float = 0.0  # weight of the appended rating coordinate; 0 = pure visual search
+    threshold: float | None = None
+    score_norm: float = 0.5  # weight of the neighbourhood term in the match score; 0 = the best similarity alone
+    norm_ranks: tuple[int, int] = (4, 8)  # first and last rank (zero-based) of the neighbours in that term
+
+    def __post_init__(self) -> None:
+        if self.pca_dim is not None and (isinstance(self.pca_dim, bool) or not isinstance(self.pca_dim, int)
+                                         or self.pca_dim < 1):
+            raise ValueError(f"pca_dim must be an integer >= 1 or None, got {self.pca_dim!r}")
+        if not isinstance(self.whiten, bool):
+            raise ValueError(f"whiten must be true or false, got {self.whiten!r}")
+        if not isinstance(self.index, IndexParams):
+            raise ValueError(f"index must be IndexParams, got {type(self.index).__name__}")
+        if not _real(self.rating_weight) or not 0 <= self.rating_weight < math.inf:
+            raise ValueError(f"rating_weight must be a finite number >= 0, got {self.rating_weight!r}")
+        if self.threshold is not None and (not _real(self.threshold) or math.isnan(self.threshold)):
+            raise ValueError(f"threshold must be a number, got {self.threshold!r}")
+        if not _real(self.score_norm) or not 0 <= self.score_norm <= 1:
+            raise ValueError(f"score_norm must be a number within 0..1, got {self.score_norm!r}")
+        first, last = _pair(self.norm_ranks)
+        if not 1 <= first <= last <= MAX_NORM_RANK:
+            raise ValueError(f"norm_ranks must be two ranks 1 <= first <= last <= {MAX_NORM_RANK}, "
+                             f"got {self.norm_ranks!r}")
+        object.__setattr__(self, "norm_ranks", (first, last))  # a JSON list read back becomes the tuple again
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchConfig":
+        """The config `to_dict` wrote; ValueError for anything else (the data may come from an untrusted file).
+        A config written before score normalisation existed has none: its threshold was calibrated on the best
+        similarity alone."""
+        if not isinstance(data, dict) or not isinstance(data.get("index"), dict):
+            raise ValueError("the search configuration is not an object with an index object")
+        try:
+            return cls(**{"score_norm": 0.0, **data, "index": IndexParams(**data["index"])})
+        except TypeError as exc:
+            raise ValueError(f"the search configuration has unexpected fields ({exc})") from None
+
+
+def _real(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _pair(value) -> tuple[int, int]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(
+            isinstance(v, Integral) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"norm_ranks must be two integers, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
