@@ -113,9 +113,15 @@ def collection(library, efficientnet) -> Collection:
     return Collection.load(library[1], efficientnet)
 
 
+# The grouping tests fix the threshold: the calibrated one depends on 20 edited copies of this small folder, and
+# in a folder holding copies some of them count as non-matches (0.910 here, which leaves the dog's crop out, at
+# similarity 0.899). test_the_threshold_defaults_... checks the default.
+THRESHOLD = 0.85
+
+
 @pytest.fixture(scope="module")
 def report(collection):
-    return collection.duplicate_groups()
+    return collection.duplicate_groups(THRESHOLD)
 
 
 @pytest.fixture
@@ -204,10 +210,13 @@ def test_every_member_shows_its_rating_size_and_why(report):
 
 
 def test_the_threshold_defaults_to_the_calibrated_one_with_its_error_rates_and_can_be_set(collection, report):
-    calibration = collection.core.calibration_
-    assert report.threshold.value == calibration.threshold and report.threshold.source == "calibrated"
-    assert report.threshold.miss_rate == calibration.miss_rate
-    assert "false-match rate" in report.threshold.describe()
+    calibration = collection.core.calibration_.on_similarity  # on similarity alone, not on the match score
+    assert calibration is not collection.core.calibration_ and calibration.threshold > collection.threshold
+    default = collection.duplicate_groups()
+    assert default.threshold.value == calibration.threshold and default.threshold.source == "calibrated"
+    assert default.threshold.miss_rate == calibration.miss_rate
+    assert "false-match rate" in default.threshold.describe()
+    assert report.threshold.source == "given"
     cache = DuplicateCache()
     strict = collection.duplicate_groups(0.999, cache=cache)
     assert strict.threshold.source == "given" and not strict.of_kind("near")
@@ -301,7 +310,7 @@ def files_under(folder: Path) -> set[str]:
 def test_move_to_without_apply_moves_nothing(workspace, tmp_path, capsys):
     photos, saved = workspace
     before = files_under(photos)
-    code, out, _ = run(capsys, "duplicates", saved, "--move-to", tmp_path / "culled")
+    code, out, _ = run(capsys, "duplicates", saved, "--move-to", tmp_path / "culled", "--threshold", THRESHOLD)
     assert code == 0 and "Dry run: nothing was moved" in out
     assert "would move " in out and "edits/mountain-blurred.jpg" in out
     assert files_under(photos) == before and not (tmp_path / "culled").exists()
@@ -311,7 +320,7 @@ def test_apply_moves_copies_and_sidecars_and_undo_restores_them(workspace, tmp_p
     photos, saved = workspace
     before = files_under(photos)
     culled = tmp_path / "culled"
-    code, out, _ = run(capsys, "duplicates", saved, "--move-to", culled, "--apply")
+    code, out, _ = run(capsys, "duplicates", saved, "--move-to", culled, "--apply", "--threshold", THRESHOLD)
     assert code == 0, out
     moved = {"dog.jpg", "dog.xmp", "taj.jpg", "pier.jpg", "edits/dog-crop.jpg", "alpaca.jpg", "edits/lily-half.jpg",
              "edits/lily-half.jpg.xmp", "edits/mountain-blurred.jpg", "edits/urban-q60.jpg", "bridge.jpg",
@@ -328,24 +337,24 @@ def test_apply_moves_copies_and_sidecars_and_undo_restores_them(workspace, tmp_p
     assert left == {p for p in before - moved if not p.endswith(".xmp")}
     found = reopened.search(culled / "edits" / "mountain-blurred.jpg", k=len(reopened)).results
     assert all("mountain-blurred" not in r.path for r in found)  # the collection no longer returns it
-    assert not reopened.duplicate_groups().groups
+    assert not reopened.duplicate_groups(THRESHOLD).groups
 
     code, out, _ = run(capsys, "duplicates", "--undo", manifest)
     assert code == 0 and f"Restored {len(moved)} file(s)" in out
     assert files_under(photos) == before and files_under(culled) == {manifest.name}
     restored = Collection.load(saved, efficientnet)
-    assert len(restored) == len(reopened) + 9 and len(restored.duplicate_groups().groups) == 9
+    assert len(restored) == len(reopened) + 9 and len(restored.duplicate_groups(THRESHOLD).groups) == 9
 
 
 def test_move_to_refuses_a_folder_inside_the_collection_and_a_taken_target(workspace, capsys):
     photos, saved = workspace
     before = files_under(photos)
-    code, _, err = run(capsys, "duplicates", saved, "--move-to", photos / "culled", "--apply")
+    code, _, err = run(capsys, "duplicates", saved, "--move-to", photos / "culled", "--apply", "--threshold", THRESHOLD)
     assert code == 1 and "lies inside the collection's folder" in err
     taken = photos.parent / "culled" / "edits" / "mountain-blurred.jpg"
     taken.parent.mkdir(parents=True)
     taken.write_bytes(b"someone else's file")
-    code, _, err = run(capsys, "duplicates", saved, "--move-to", photos.parent / "culled", "--apply")
+    code, _, err = run(capsys, "duplicates", saved, "--move-to", photos.parent / "culled", "--apply", "--threshold", THRESHOLD)
     assert code == 1 and "already exists" in err and "nothing was moved" in err
     assert files_under(photos) == before and taken.read_bytes() == b"someone else's file"
 
@@ -366,9 +375,9 @@ def test_a_sidecar_shared_with_a_photo_that_stays_is_left_in_place(tmp_path):
 
 
 def test_json_and_csv_list_every_member_with_its_role_and_reason(library, capsys):
-    code, out, _ = run(capsys, "duplicates", library[1], "--json")
+    code, out, _ = run(capsys, "duplicates", library[1], "--json", "--threshold", THRESHOLD)
     payload = json.loads(out)
-    assert code == 0 and len(payload["groups"]) == 9 and payload["threshold"]["source"] == "calibrated"
+    assert code == 0 and len(payload["groups"]) == 9 and payload["threshold"]["source"] == "given"
     assert {m["role"] for g in payload["groups"] for m in g["members"]} == {"keeper", "copy"}
     code, out, _ = run(capsys, "duplicates", library[1], "--csv", "--threshold", "0.999")
     rows = list(csv.DictReader(io.StringIO(out)))
