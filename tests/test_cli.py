@@ -92,7 +92,7 @@ def test_add_appends_to_an_existing_collection(collection_file, resnet18_weights
     extra = tmp_path / "extra"
     extra.mkdir()
     scene(77).save(extra / "new.jpg")
-    mine = shutil.copy(collection_file, tmp_path / "mine.simlib")
+    mine = shutil.copytree(collection_file, tmp_path / "mine.simlib")
     capsys.readouterr()
     assert main(["index", str(extra), "-o", str(mine), "--add", "--weights", str(resnet18_weights), "-q"]) == 0
     assert "Added 1 image(s); the collection holds 13" in capsys.readouterr().out
