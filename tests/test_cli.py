@@ -190,8 +190,9 @@ def test_many_queries_give_what_each_query_gives_alone(collection_file, photo_fo
         assert [r["path"] for r in answer["results"]] == [r["path"] for r in alone["results"]]
         assert [r["similarity"] for r in answer["results"]] == pytest.approx(
             [r["similarity"] for r in alone["results"]], abs=1e-5)
-        assert {k: v for k, v in answer.items() if k not in ("results", "best_similarity")} == {
-            k: v for k, v in alone.items() if k not in ("results", "best_similarity")}
+        assert answer["match_score"] == pytest.approx(alone["match_score"], abs=1e-5)
+        assert {k: v for k, v in answer.items() if k not in ("results", "best_similarity", "match_score")} == {
+            k: v for k, v in alone.items() if k not in ("results", "best_similarity", "match_score")}
 
 
 def test_a_folder_of_queries_is_searched_query_by_query(collection_file, photo_folder, resnet18_weights, capsys):

@@ -17,12 +17,13 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 STRIP = "strip them with: jupyter nbconvert --clear-output --inplace notebooks/*.ipynb"
 
 
-def test_the_four_research_notebooks_are_present():
+def test_the_five_research_notebooks_are_present():
     assert [path.stem for path in NOTEBOOKS] == [
         "01_feature_extraction",
         "02_pca_variance",
         "03_hnsw_sweeps",
         "04_rating_fallback",
+        "05_near_duplicates",
     ]
 
 
