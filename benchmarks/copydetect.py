@@ -1,4 +1,4 @@
-"""Benchmark 6: copy detection on real photos (DISC2021 / Copydays style), through the search core as a collection
+"""Benchmark 10: copy detection on real photos (DISC2021 / Copydays style), through the search core as a collection
 searches: muAP, recall at 90% precision, top-1 and mAP per strength and edit, and the fallback decision (ROC,
 miss and false-match rates at the threshold the collection calibrates for itself), for every representation,
 index and match score side by side, with imagededup's perceptual hashes as the peer."""

@@ -1,4 +1,4 @@
-"""Benchmark 6: grouping near duplicates at scale, in bounded memory. Synthetic unit vectors with planted copies are
+"""Benchmark 7: grouping near duplicates at scale, in bounded memory. Synthetic unit vectors with planted copies are
 grouped by simlib's own path (`simlib.duplicates.group_vectors` through `simlib.tuning.grouping_cost`: every vector
 searches the search core's HNSW index for its neighbours, a chunk at a time, and the pairs at or above the
 threshold are grouped by the star rule). Each size is grouped in a fresh process that loads the vectors and the

@@ -1,4 +1,4 @@
-"""Benchmark 7: which index a collection of a given size should get. One query at a time through the search core,
+"""Benchmark 9: which index a collection of a given size should get. One query at a time through the search core,
 an exact index against HNSW at simlib's settings, over collection sizes around the switch point `IndexParams(
 kind='auto')` uses (`simlib.config.EXACT_BELOW`)."""
 
@@ -28,7 +28,7 @@ def run(config: RunConfig) -> Section:
         section.text(NEEDS_WALLPAPERS)
         return section
     spectrum = vector_spectrum(real_vectors(config, backbone))
-    sizes = config.pick([500, 2_000, 8_000], [500, 1_000, 2_000, 3_000, 5_000, 8_000, 12_000, 20_000])
+    sizes = config.pick([500, 2_000, 8_000], [500, 1_000, 2_000, 5_000, 8_000, 10_000, 12_000, 20_000])
     n_queries, repeats = config.pick((100, 1), (300, 3))
     queries = synthetic_vectors(spectrum, n_queries, QUERY_SEED)
     rows = []

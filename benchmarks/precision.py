@@ -1,4 +1,4 @@
-"""Benchmark 6: inference precision. Speed of each backbone in fp32 and bf16 (the model alone, as `Backbone.embed`
+"""Benchmark 8: inference precision. Speed of each backbone in fp32 and bf16 (the model alone, as `Backbone.embed`
 runs it), and for the backbone with real ImageNet weights here the retrieval quality each precision gives, through
 the product's own path (`extract_features` -> `SearchCore`), on the shared photos with edited copies as queries and
 on the wallpaper near-duplicate groups. The quality decides whether `--precision auto` may choose bf16.
