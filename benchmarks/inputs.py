@@ -150,10 +150,12 @@ NEEDS_WALLPAPERS = "Skipped: needs the offline backbone (EfficientNet-Lite0) and
 
 def quality_backbone(config: RunConfig) -> Backbone | None:
     """The backbone with real ImageNet weights here, EfficientNet-Lite0, for the benchmarks on the wallpaper set;
-    None without the offline extra or the set (those benchmarks then say `NEEDS_WALLPAPERS`)."""
+    None without the offline extra or the set (those benchmarks then say `NEEDS_WALLPAPERS`). In fp32, so that the
+    quality figures (and their cached features) do not depend on the processor; benchmark 8 measures what bf16
+    changes."""
     if not (offline_backbone_available() and config.has_wallpapers):
         return None
-    return load_backbone("efficientnet_lite0", device="cpu")
+    return load_backbone("efficientnet_lite0", device="cpu", precision="fp32")
 
 
 # ------------------------------------------------------------------ the wallpaper benchmark's features

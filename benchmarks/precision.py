@@ -16,7 +16,7 @@ from simlib.backbones import Backbone, load_backbone, native_bf16
 from simlib.evaluate import error_rates, evaluate_configuration, match_scores, roc_auc
 from simlib.features import extract_features
 from simlib.search_core import SearchConfig, SearchCore
-from simlib.threshold import choose_threshold, embed_edited_copies
+from simlib.threshold import EDITS, choose_threshold, embed_edited_copies
 
 from .inputs import RunConfig, atomic_write, cache_key, offline_backbone_available, resnet18_random_weights, wallpaper_set
 from .machine import isa
@@ -94,7 +94,8 @@ def _features(config: RunConfig, precision: str) -> dict[str, np.ndarray]:
     backbone = load_backbone("efficientnet_lite0", device="cpu", precision=precision)
     photos, wallpapers = _photos(config), wallpaper_set(config)
     stamps = [(p.name, p.stat().st_size) for p in photos + wallpapers.paths]
-    path = config.cache / f"precision-{precision}-{cache_key(backbone.weights_sha256, precision, stamps)}.npz"
+    key = cache_key(backbone.weights_sha256, precision, stamps, EDITS)  # the edits too: they make the copies
+    path = config.cache / f"precision-{precision}-{key}.npz"
     if config.use_cache and path.is_file():
         with np.load(path, allow_pickle=False) as stored:
             return dict(stored)
@@ -163,8 +164,8 @@ def _quality_text(config: RunConfig) -> str:
     n = len(_photos(config))
     return (
         f"Copies: the {n} photos of `../shared/datasets/photos` are the collection (PCA-128 fitted on them, HNSW at "
-        f"simlib's defaults, `SearchCore`); each is edited 3 ways (`simlib.threshold` edits) and every copy searches "
-        f"the collection. Top-1: the copy's original ranks first. ROC AUC: a copy's best similarity to its original "
+        f"simlib's defaults, `SearchCore`); each is edited {len(EDITS)} ways (`simlib.threshold`'s edits, mild to "
+        f"strong) and every copy searches the collection. Top-1: the copy's original ranks first. ROC AUC: a copy's best similarity to its original "
         f"(match) against its best similarity to any other photo (non-match). Error rates at the threshold "
         f"`choose_threshold` picks on the fp32 scores, applied to both precisions. Wallpapers: the "
         f"{len(wallpaper_set(config))} images of `../shared/datasets/wallpapers` in their near-duplicate groups, "

