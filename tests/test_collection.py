@@ -27,6 +27,12 @@ def test_build_indexes_every_image_under_the_folder(built, photo_folder):
     assert {r.path for r in built.images} == {str(p) for p in photo_folder.rglob("*.jpg")}
     assert built.core.pca_.n_components_ == 11
     assert any("PCA keeps 11 dimensions" in note for note in built.notes)
+    assert not any("whitening" in note for note in built.notes)
+
+
+def test_whitening_a_pca_that_has_fewer_images_than_dimensions_is_warned_about(resnet18, photo_folder):
+    whitened = Collection.build(photo_folder, resnet18, config=SearchConfig(whiten=True), progress=False)
+    assert any("whitening fitted on 12 images" in note and "--whiten" in note for note in whitened.notes)
 
 
 def test_an_indexed_photo_finds_itself_first_as_a_visual_match(built, photo_folder):
