@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from simlib.evaluate import ann_recall_at_k
-from simlib.index import IndexParams, bytes_per_vector, exact_search
+from simlib.index import TRAIN_PER_LIST, TRAIN_SEED, IndexParams, bytes_per_vector, exact_search
 from simlib.reduce import normalize_rows
 from simlib.search_core import SearchConfig, SearchCore
 
@@ -49,15 +49,16 @@ def run(config: RunConfig) -> Section:
     params = config.pick(IndexParams("ivf-pq", nlist=64, nprobe=8), IndexParams("ivf-pq"))
     # codes split the vector evenly: a quick run's spectrum (PCA of a few real images) may have an odd width
     params = replace(params, pq_m=max(m for m in range(1, params.pq_m + 1) if len(spectrum) % m == 0))
-    nprobes = config.pick([2, 8, 32], [8, 16, 32, 64, 128])
-    refines = config.pick([5, 10], [5, 10, 20])
+    nprobes = config.pick([2, 8, 32], [32, 64, 128, 256, 512])
+    refines = config.pick([10, 20], [10, 20, 40])
     repeats = config.pick(1, 3)
     queries = synthetic_vectors(spectrum, n_queries, QUERY_SEED)
 
     hnsw_row = _hnsw_flat(config, spectrum, small, queries, repeats)
     db = big_vectors(config, spectrum, big)
     built = cached_build(
-        config, f"ivfpq-{big}-{cache_key(_fingerprint(spectrum), params, faiss.__version__)}.index",
+        config, f"ivfpq-{big}-{cache_key(_fingerprint(spectrum), params.nlist, params.pq_m, TRAIN_SEED,
+                                          TRAIN_PER_LIST, faiss.__version__)}.index",
         lambda: SearchCore.from_state(SearchConfig(pca_dim=None, index=params), None, db).index_,
         lambda index, path: faiss.write_index(index, os.fspath(path)), lambda path: faiss.read_index(os.fspath(path)),
         cache=not config.quick,

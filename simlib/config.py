@@ -42,8 +42,8 @@ class IndexParams:
     ef_search: int = 128
     nlist: int = 4096
     pq_m: int = 32
-    nprobe: int = 32
-    refine: int = 10
+    nprobe: int = 128
+    refine: int = 20
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
