@@ -210,7 +210,14 @@ def simlib_index(config: RunConfig, db: np.ndarray, cache: bool) -> Built:
 
 def _fingerprint(db: np.ndarray) -> str:
     sample = hashlib.sha256(np.ascontiguousarray(db[:: max(1, len(db) // 4096)]).tobytes()).hexdigest()
-    return cache_key(db.shape, sample, PARAMS, faiss.__version__, version("hnswlib"))
+    return cache_key(db.shape, sample, _hnsw_settings(PARAMS), faiss.__version__, version("hnswlib"))
+
+
+def _hnsw_settings(params: IndexParams) -> str:
+    """What an HNSW build depends on, spelled as `IndexParams` printed before it had IVF-PQ fields, so the indexes
+    cached by then stay valid (a 1M build costs over ten minutes here)."""
+    return (f"IndexParams(kind={params.kind!r}, M={params.M}, ef_construction={params.ef_construction}, "
+            f"ef_search={params.ef_search})")
 
 
 def hnswlib_index(db: np.ndarray) -> hnswlib.Index:

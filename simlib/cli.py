@@ -123,11 +123,18 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--root", type=Path, metavar="NEW_PATH", help="where the folder COLLECTION indexes is now")
     index.add_argument("--pca-dim", type=_positive, default=128)
     index.add_argument("--whiten", action="store_true", help="whiten the PCA vectors")
-    index.add_argument("--index", default="auto", choices=["auto", "hnsw", "exact"], dest="index_kind",
-                       help="auto: exact (brute force) for small collections, HNSW for large ones (default)")
+    index.add_argument("--index", default="auto", choices=["auto", "hnsw", "exact", "ivf-pq"], dest="index_kind",
+                       help="auto: exact (brute force) for small collections, HNSW for large ones (default); "
+                       "ivf-pq: compressed codes re-ranked exactly, for collections beyond memory")
     index.add_argument("--M", type=_positive, default=IndexParams.M, dest="M", help="HNSW graph degree")
     index.add_argument("--ef-construction", type=_positive, default=IndexParams.ef_construction)
     index.add_argument("--ef-search", type=_positive, default=IndexParams.ef_search)
+    index.add_argument("--nlist", type=_positive, default=IndexParams.nlist, help="ivf-pq: inverted lists")
+    index.add_argument("--pq-m", type=_positive, default=IndexParams.pq_m,
+                       help="ivf-pq: code bytes per vector (must divide the PCA size)")
+    index.add_argument("--nprobe", type=_positive, default=IndexParams.nprobe, help="ivf-pq: lists searched")
+    index.add_argument("--refine", type=_positive, default=IndexParams.refine,
+                       help="ivf-pq: shortlist of REFINE x k codes re-ranked exactly")
     index.add_argument("--rating-weight", type=_weight, default=0.0, help="0 = pure visual search (default)")
     index.add_argument("--threshold", type=_number, help="fixed match threshold instead of the calibrated one")
     index.add_argument("--score-norm", type=_share, default=0.5, metavar="WEIGHT",
@@ -151,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--under", type=Path, metavar="FOLDER", help="only images in this folder or below it")
     search.add_argument("--query-rating", type=_stars,
                         help="use this rating for the queries instead of their metadata")
-    search.add_argument("--ef-search", type=_positive, help="HNSW search beam (default: the collection's)")
+    search.add_argument("--ef-search", type=_positive, help="HNSW search beam, or the lists an ivf-pq index "
+                        "probes (default: the collection's)")
     search.add_argument("--weights", type=Path, metavar="FILE", help="local weights file for the backbone")
     search.set_defaults(run=_search)
     search.add_argument("--root", type=Path, metavar="NEW_PATH", help="where the folder COLLECTION indexes is now")
@@ -252,7 +260,8 @@ def _build(args: argparse.Namespace) -> int:
     config = SearchConfig(
         pca_dim=args.pca_dim,
         whiten=args.whiten,
-        index=IndexParams(args.index_kind, args.M, args.ef_construction, args.ef_search),
+        index=IndexParams(args.index_kind, args.M, args.ef_construction, args.ef_search, args.nlist, args.pq_m,
+                          args.nprobe, args.refine),
         rating_weight=args.rating_weight,
         threshold=args.threshold,
         score_norm=args.score_norm,
@@ -549,7 +558,11 @@ def _info(args: argparse.Namespace) -> int:
 def _describe_index(params: IndexParams, kind: str) -> str:
     chosen = " (chosen by size)" if params.kind == "auto" else ""
     if kind == "exact":
-        return f"exact index{chosen}"
+        return f"exact index{chosen}" + (f" (ivf-pq from {params.ivf_min_vectors:,} vectors)"
+                                         if params.kind == "ivf-pq" else "")
+    if kind == "ivf-pq":
+        return (f"IVF-PQ nlist={params.nlist} codes={params.pq_m} bytes nprobe={params.nprobe} "
+                f"re-ranking {params.refine} x k")
     return f"HNSW M={params.M} efConstruction={params.ef_construction} efSearch={params.ef_search}{chosen}"
 
 

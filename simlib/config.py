@@ -16,22 +16,40 @@ MAX_EF = 1 << 20
 # 12,000 (128-d, 2-core AMD EPYC); kind 'auto' is exact below it and HNSW from it on.
 EXACT_BELOW = 10_000
 MAX_NORM_RANK = 100  # deepest neighbour the match score may average over
+# IVF-PQ bounds: the FAISS reader allocates per list and per code byte before it checks anything, and a search
+# allocates in proportion to nprobe and the shortlist, so beyond these a value is a mistake or a forged file
+MAX_NLIST = 1 << 20
+MAX_PQ_M = 1024
+MAX_REFINE = 1000
+# FAISS's k-means warns below 39 training points per centroid, and each PQ sub-quantizer has 256 centroids: a
+# collection smaller than 39 x max(nlist, 256) vectors cannot train an IVF-PQ index well and gets an exact one
+TRAIN_POINTS_PER_CENTROID = 39
+KINDS = ("hnsw", "exact", "auto", "ivf-pq")
 
 
 @dataclass(frozen=True)
 class IndexParams:
     """HNSW graph degree `M`, build beam `ef_construction`, default query beam `ef_search`; kind 'exact' is brute
-    force, 'auto' exact below `EXACT_BELOW` vectors and HNSW from there (what a collection gets by default)."""
+    force, 'auto' exact below `EXACT_BELOW` vectors and HNSW from there (what a collection gets by default).
 
-    kind: Literal["hnsw", "exact", "auto"] = "hnsw"
+    Kind 'ivf-pq' holds compressed codes only: `nlist` inverted lists (k-means cells), `pq_m` code bytes per vector,
+    `nprobe` lists searched by default, and a shortlist of `refine` x k candidates re-ranked exactly against the
+    search core's float vectors. Below `ivf_min_vectors` it is exact (too few vectors to train it)."""
+
+    kind: Literal["hnsw", "exact", "auto", "ivf-pq"] = "hnsw"
     M: int = 32
     ef_construction: int = 200
     ef_search: int = 128
+    nlist: int = 4096
+    pq_m: int = 32
+    nprobe: int = 128
+    refine: int = 20
 
     def __post_init__(self) -> None:
-        if self.kind not in ("hnsw", "exact", "auto"):
-            raise ValueError(f"index kind must be 'hnsw', 'exact' or 'auto', got {self.kind!r}")
-        for name, limit in (("M", MAX_M), ("ef_construction", MAX_EF), ("ef_search", MAX_EF)):
+        if self.kind not in KINDS:
+            raise ValueError(f"index kind must be one of {', '.join(map(repr, KINDS))}, got {self.kind!r}")
+        for name, limit in (("M", MAX_M), ("ef_construction", MAX_EF), ("ef_search", MAX_EF), ("nlist", MAX_NLIST),
+                            ("pq_m", MAX_PQ_M), ("nprobe", MAX_NLIST), ("refine", MAX_REFINE)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, Integral):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -42,11 +60,18 @@ class IndexParams:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def kind_for(self, n: int) -> Literal["hnsw", "exact"]:
+    def kind_for(self, n: int) -> Literal["hnsw", "exact", "ivf-pq"]:
         """The kind of index `n` vectors get."""
         if self.kind == "auto":
             return "exact" if n < EXACT_BELOW else "hnsw"
+        if self.kind == "ivf-pq" and n < self.ivf_min_vectors:
+            return "exact"
         return self.kind
+
+    @property
+    def ivf_min_vectors(self) -> int:
+        """The fewest vectors an IVF-PQ index is trained on: 39 per k-means centroid (FAISS's own floor)."""
+        return TRAIN_POINTS_PER_CENTROID * max(int(self.nlist), 256)
 
 
 @dataclass(frozen=True)

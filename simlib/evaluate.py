@@ -325,7 +325,7 @@ def evaluate_configuration(
             {
                 "dims": core.dim,
                 "pca": "raw" if fitted is None else f"PCA-{fitted.n_components_}" + (" whitened" if fitted.whiten else ""),
-                "index": index.kind if index.kind == "exact" else f"HNSW M={index.M} efC={index.ef_construction} efS={index.ef_search}",
+                "index": _describe(index, core.index_kind),
                 "rating_weight": config.rating_weight,
                 "mAP": mean_average_precision(rel, totals),
                 "P@1": precision_at_k(rel, 1, totals),
@@ -345,3 +345,9 @@ def _drop_self(ranked: np.ndarray) -> np.ndarray:
     """Remove each query's own id (query i is database item i) from its ranked list, keeping the order."""
     rows = [row[row != i][: ranked.shape[1] - 1] for i, row in enumerate(ranked)]
     return np.vstack([np.pad(r, (0, ranked.shape[1] - 1 - len(r)), constant_values=-1) for r in rows])
+
+
+def _describe(index: IndexParams, kind: str) -> str:
+    if kind == "ivf-pq":
+        return f"IVF-PQ nlist={index.nlist} m={index.pq_m} nprobe={index.nprobe} refine={index.refine}"
+    return index.kind if index.kind == "exact" else f"HNSW M={index.M} efC={index.ef_construction} efS={index.ef_search}"

@@ -1,4 +1,5 @@
-"""Vector index: float32 vectors in, FAISS HNSW (or exact) index out; search returns ids ranked by L2 distance.
+"""Vector index: float32 vectors in, FAISS HNSW, IVF-PQ (or exact) index out; search returns ids ranked by L2
+distance.
 
 Ids are insertion positions (0, 1, 2, ...), so the n-th vector added keeps id n for the life of the index.
 For unit vectors L2 ranking equals cosine ranking (|a - b|^2 = 2 - 2 cos). A search may be restricted to a subset
@@ -7,6 +8,10 @@ of ids through a FAISS selector (`IDSelectorBitmap`), inside FAISS, so k results
 FAISS builds an HNSW graph on every core: which links a node gets depends on the order the threads reach it, so
 two builds of the same vectors may differ slightly in their links (and in the rare result near the recall limit);
 a saved index gives the same results every time it is loaded.
+
+An IVF-PQ index (`faiss.IndexIVFPQ` over a flat coarse quantizer) holds only product-quantized codes and their ids:
+its distances are approximate, so its results are a shortlist that `rerank` orders exactly against float vectors
+kept elsewhere (the search core's, memory-mapped from the collection).
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ import faiss
 import numpy as np
 
 from .config import MAX_EF, MAX_M, IndexParams  # noqa: F401  (the index's settings, kept where they are used)
+
+TRAIN_SEED = 0x1F4  # seeds the sample an IVF-PQ index is trained on
+TRAIN_PER_LIST = 64  # training vectors per inverted list (FAISS's k-means needs 39 at least)
+PQ_BITS = 8  # bits per sub-quantizer code: one byte per sub-vector
 
 
 def check_vectors(x: np.ndarray, dim: int | None = None, name: str = "vectors") -> np.ndarray:
@@ -67,7 +76,10 @@ def build_index(vectors: np.ndarray, params: IndexParams = IndexParams()) -> fai
     """A new index over `vectors` (n, d) float32."""
     vectors = check_vectors(vectors)
     d = vectors.shape[1]
-    if params.kind_for(len(vectors)) == "exact":
+    kind = params.kind_for(len(vectors))
+    if kind == "ivf-pq":
+        return _build_ivf_pq(vectors, params)
+    if kind == "exact":
         index = faiss.IndexFlatL2(d)
     else:
         index = faiss.IndexHNSWFlat(d, int(params.M))
@@ -77,6 +89,32 @@ def build_index(vectors: np.ndarray, params: IndexParams = IndexParams()) -> fai
         index.add(vectors)  # on every core: links depend on thread timing, so a build is saved whole
         prefer_huge_pages(index)
     return index
+
+
+def _build_ivf_pq(vectors: np.ndarray, params: IndexParams) -> faiss.IndexIVFPQ:
+    """IVF-PQ over a flat coarse quantizer, trained on a seeded sample of `TRAIN_PER_LIST` x nlist vectors (at
+    least 256 x `TRAIN_PER_LIST`, for the PQ codebooks), then every vector added."""
+    n, d = vectors.shape
+    if d % params.pq_m:
+        raise ValueError(f"an IVF-PQ index splits each vector into pq_m={params.pq_m} parts: the indexed width {d} "
+                         "(the PCA size, plus one with a rating weight) must be a multiple of it")
+    index = faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, int(params.nlist), int(params.pq_m), PQ_BITS)
+    index.nprobe = min(int(params.nprobe), int(params.nlist))
+    size = min(n, TRAIN_PER_LIST * max(int(params.nlist), 256))
+    sample = np.sort(np.random.default_rng(TRAIN_SEED).choice(n, size, replace=False))
+    index.train(np.ascontiguousarray(vectors[sample]))
+    index.add(vectors)  # FAISS adds in blocks of 65,536, so memory beyond the codes stays bounded
+    return index
+
+
+def rerank(queries: np.ndarray, ids: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """The k of `ids` (nq, c) nearest each query (nq, d) by exact squared L2 distance to `candidates` (nq, c, d),
+    the vectors of those ids; -1 ids (missing) rank last and stay -1. Distances in float64, so that the order does
+    not depend on how the arrays are aligned in memory."""
+    differences = candidates.astype(np.float64) - queries.astype(np.float64)[:, None, :]
+    distances = np.where(ids >= 0, np.einsum("qcd,qcd->qc", differences, differences), np.inf)
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, order, axis=1)
 
 
 LEVEL_SEED = 0x51B11B  # seeds the HNSW levels of added vectors, with the id of the first one
@@ -95,6 +133,9 @@ def add_vectors(index: faiss.Index, vectors: np.ndarray) -> None:
         return
     if isinstance(index, faiss.IndexHNSW):
         _preset_levels(index.hnsw, len(vectors), index.ntotal)
+    if not isinstance(index, faiss.IndexHNSW):
+        index.add(vectors)  # an IVF index appends each vector to its list in id order on any number of threads
+        return
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # per calling thread in OpenMP: other threads keep theirs
     try:
@@ -178,7 +219,9 @@ def search_index(
     selector: faiss.IDSelector | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Squared L2 distances and ids (nq, k), nearest first; missing neighbours have id -1. With `selector`, only
-    the ids it selects are returned (the selector must live until the call returns)."""
+    the ids it selects are returned (the selector must live until the call returns). `ef_search` is the search
+    effort: the beam of an HNSW index, the lists probed (nprobe) of an IVF one; an IVF-PQ index's distances are
+    those of its codes, approximate (see `rerank`)."""
     queries = check_vectors(queries, index.d, "queries")
     k = int(k)
     if k < 1:
@@ -198,6 +241,12 @@ def search_checked(
         elif ef_search is not None or ef < k:
             # per-call parameters: no shared state is changed, so concurrent searches may differ in efSearch
             params = _hnsw_parameters(max(ef, k))
+    elif isinstance(index, faiss.IndexIVF):
+        nprobe = index.nprobe if ef_search is None else min(int(ef_search), index.nlist)
+        if selector is not None:
+            params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
+        elif ef_search is not None:
+            params = _ivf_parameters(nprobe)
     elif selector is not None:
         params = faiss.SearchParameters(sel=selector)
     n = len(queries)
@@ -209,11 +258,14 @@ def search_checked(
     return distances, ids
 
 
-def flat_storage(index: faiss.Index) -> faiss.Index:
-    """The flat (exact) index holding the vectors: an HNSW index's storage, or the exact index itself. Searching it
-    with a selector compares the query with the selected vectors only."""
+def flat_storage(index: faiss.Index) -> faiss.Index | None:
+    """The flat (exact) index holding the vectors: an HNSW index's storage, or the exact index itself (None for an
+    IVF-PQ index, which holds codes only). Searching it with a selector compares the query with the selected
+    vectors only."""
     if isinstance(index, faiss.IndexHNSW):
         return faiss.downcast_index(index.storage)
+    if isinstance(index, faiss.IndexIVF):
+        return None
     return index
 
 
@@ -222,6 +274,11 @@ def _hnsw_parameters(ef_search: int) -> faiss.SearchParametersHNSW:
     """One parameter object per efSearch value, made once: FAISS only reads it, so searches may share it, and
     building it through SWIG costs several microseconds per query."""
     return faiss.SearchParametersHNSW(efSearch=ef_search)
+
+
+@functools.lru_cache(maxsize=64)
+def _ivf_parameters(nprobe: int) -> faiss.SearchParametersIVF:
+    return faiss.SearchParametersIVF(nprobe=nprobe)
 
 
 def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

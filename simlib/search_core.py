@@ -38,6 +38,7 @@ from .index import (
     build_index,
     check_vectors,
     flat_storage,
+    rerank,
     search_checked,
     with_rating,
 )
@@ -56,6 +57,10 @@ FILTER_BEAM = 32
 # exact search over a bitmap tests one bit per vector (about a sixteenth of a distance) plus one distance per
 # allowed vector. The cheaper path is taken.
 BIT_TEST_COST = 1 / 16
+# An IVF-PQ index has no float vectors: its exact path compares the query with the allowed vectors of the core, a
+# block of ids at a time (bounded memory whatever the share allowed), and its shortlists are re-ranked the same way
+EXACT_BLOCK = 1 << 16
+RERANK_QUERIES = 256  # queries re-ranked at once: their candidates are gathered into one (queries, shortlist, d) block
 
 @dataclass
 class Hits:
@@ -88,6 +93,14 @@ class Selection:
         self.count = int(np.count_nonzero(mask))
         self._bits = np.packbits(mask, bitorder="little")
         self.selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(self._bits))
+        self._ids: np.ndarray | None = None
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The allowed ids, ascending (made on first use)."""
+        if self._ids is None:
+            self._ids = np.flatnonzero(self.mask)
+        return self._ids
 
 
 class SearchCore:
@@ -281,8 +294,10 @@ class SearchCore:
 
     @property
     def index_kind(self) -> str:
-        """'hnsw' or 'exact': the kind of index this core holds."""
-        return "hnsw" if isinstance(self.index_, faiss.IndexHNSW) else "exact"
+        """'hnsw', 'ivf-pq' or 'exact': the kind of index this core holds."""
+        if isinstance(self.index_, faiss.IndexHNSW):
+            return "hnsw"
+        return "ivf-pq" if isinstance(self.index_, faiss.IndexIVF) else "exact"
 
     @property
     def dim(self) -> int:
@@ -372,25 +387,78 @@ class SearchCore:
     def _nearest(self, vectors, q_stars, k, subset: Selection | None, ef_search) -> np.ndarray:
         """Ids (nq, k) nearest in index space among `subset` (None: all), -1 where fewer exist."""
         queries = with_rating(vectors, q_stars, self.config.rating_weight)
+        if subset is not None and (subset.count == 0 or k == 0):
+            return np.full((len(vectors), k), -1, dtype=np.int64)
+        if isinstance(self.index_, faiss.IndexIVF):
+            return self._nearest_ivf(queries, k, subset, ef_search)
         if subset is None:
             return search_checked(self.index_, queries, k, ef_search)[1]
-        if subset.count == 0 or k == 0:
-            return np.full((len(vectors), k), -1, dtype=np.int64)
         ef = self.config.index.ef_search if ef_search is None else int(ef_search)
         ef = max(ef, k, math.ceil(FILTER_BEAM * len(self) / subset.count))
         if subset.count <= k or self._exact_is_cheaper(subset.count, ef):
-            return search_checked(flat_storage(self.index_), queries, k, None, subset.selector)[1]
+            return self._exact(queries, k, subset)
         ids = search_checked(self.index_, queries, k, min(ef, MAX_EF), subset.selector)[1]
-        # a selective filter can leave the graph search short of k: those queries are answered exactly
+        return self._complete(queries, ids, k, subset)
+
+    def _nearest_ivf(self, queries, k, subset: Selection | None, ef_search) -> np.ndarray:
+        """An IVF-PQ search: a shortlist of `refine` x k ids by code distance, re-ranked exactly. With a filter the
+        lists probed grow as the allowed share shrinks (a list then holds that share of allowed vectors), up to
+        every list; the exact path is taken where it costs less."""
+        nprobe = self.config.index.nprobe if ef_search is None else int(ef_search)
+        shortlist = max(k, min(k * self.config.index.refine, len(self)))
+        if subset is None:
+            return self._reranked(queries, search_checked(self.index_, queries, shortlist, nprobe)[1], k)
+        nprobe = min(self.index_.nlist, max(nprobe, math.ceil(nprobe * len(self) / subset.count)))
+        if subset.count <= k or self._exact_is_cheaper(subset.count, nprobe):
+            return self._exact(queries, k, subset)
+        found = search_checked(self.index_, queries, shortlist, nprobe, subset.selector)[1]
+        return self._complete(queries, self._reranked(queries, found, k), k, subset)
+
+    def _complete(self, queries, ids, k, subset: Selection) -> np.ndarray:
+        # a selective filter can leave the approximate search short of k: those queries are answered exactly
         short = np.flatnonzero((ids >= 0).sum(axis=1) < min(k, subset.count))
         if len(short):
-            ids[short] = search_checked(flat_storage(self.index_), queries[short], k, None, subset.selector)[1]
+            ids[short] = self._exact(queries[short], k, subset)
         return ids
 
+    def _exact(self, queries, k, subset: Selection) -> np.ndarray:
+        """Ids (nq, k) of the allowed vectors nearest each query, by exact search."""
+        flat = flat_storage(self.index_)
+        if flat is not None:
+            return search_checked(flat, queries, k, None, subset.selector)[1]
+        heap = faiss.ResultHeap(len(queries), k)
+        for start in range(0, subset.count, EXACT_BLOCK):
+            block = subset.ids[start : start + EXACT_BLOCK]
+            distances, found = faiss.knn(queries, self._indexed(block), min(k, len(block)))
+            heap.add_result(distances, np.where(found >= 0, block[np.clip(found, 0, None)], -1))
+        heap.finalize()
+        return heap.I
+
+    def _reranked(self, queries, ids: np.ndarray, k: int) -> np.ndarray:
+        """The k of each query's shortlist `ids` nearest by exact distance to the core's own vectors."""
+        out = np.empty((len(queries), k), dtype=np.int64)
+        for start in range(0, len(queries), RERANK_QUERIES):
+            rows = slice(start, start + RERANK_QUERIES)
+            out[rows] = rerank(queries[rows], ids[rows], self._indexed(np.clip(ids[rows], 0, None)), k)
+        return out
+
+    def _indexed(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors of `ids` (any shape) as the index holds them: with the rating coordinate when weighted."""
+        gathered = self.gather(ids)
+        if self.config.rating_weight == 0:
+            return gathered
+        flat = with_rating(gathered.reshape(-1, self.dim), self.stars_[ids].reshape(-1), self.config.rating_weight)
+        return flat.reshape(*np.shape(ids), flat.shape[1])
+
     def _exact_is_cheaper(self, allowed: int, ef: int) -> bool:
-        if not isinstance(self.index_, faiss.IndexHNSW):
-            return True
-        return len(self) * BIT_TEST_COST + allowed <= ef * 2 * self.config.index.M
+        """Whether comparing the query with the `allowed` vectors costs fewer distance computations than the
+        approximate search at effort `ef` (an HNSW beam, or the lists an IVF index probes, each of its codes
+        counted as one distance)."""
+        if isinstance(self.index_, faiss.IndexHNSW):
+            return len(self) * BIT_TEST_COST + allowed <= ef * 2 * self.config.index.M
+        if isinstance(self.index_, faiss.IndexIVF):
+            return allowed <= self.index_.nlist + ef * len(self) / self.index_.nlist
+        return True
 
     def _similarities(self, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
         # in float64, so that the float32 result does not depend on how the arrays happen to be aligned in memory

@@ -126,19 +126,24 @@ def measure_queries(
 
     The pass runs `repeats` times and the fastest counts, so a cold first pass or a busy moment on a shared machine
     does not set the speed. Distances are counted by FAISS's global HNSW statistics during the first pass (the
-    full database size for an exact index), which searches running at the same time in this process would inflate.
+    full database size for an exact index), which searches running at the same time in this process would inflate;
+    for an IVF-PQ index, its statistics of codes compared plus the nlist centroids and the shortlist re-ranked.
     """
     queries = check_vectors(queries, core.dim, "queries")
     found = np.empty((len(queries), k), dtype=np.int64)
     fastest, distances = np.inf, float(len(core))
     for repeat in range(max(1, int(repeats))):
         faiss.cvar.hnsw_stats.reset()
+        faiss.cvar.indexIVF_stats.reset()
         started = time.perf_counter()
         for i, query in enumerate(queries):
             found[i] = core.search_vectors(query[None], k, threshold=-np.inf, ef_search=ef_search).ids[0]
         fastest = min(fastest, time.perf_counter() - started)
         if repeat == 0 and isinstance(core.index_, faiss.IndexHNSW):
             distances = faiss.cvar.hnsw_stats.ndis / max(len(queries), 1)
+        if repeat == 0 and isinstance(core.index_, faiss.IndexIVF):
+            distances = (faiss.cvar.indexIVF_stats.ndis / max(len(queries), 1) + core.index_.nlist
+                         + k * core.config.index.refine)
     return QueryRun(ann_recall_at_k(found, exact_ids, k), len(queries) / max(fastest, 1e-9), distances, found)
 
 
@@ -172,6 +177,40 @@ def sweep_hnsw(
             rows.append(dict(M=int(m), ef_construction=int(ef_c), ef_search=ef_s, k=k, recall=run.recall,
                              qps=run.qps, distances_per_query=run.distances_per_query, build_s=build_s,
                              bytes_per_vector=size))
+    return pd.DataFrame(rows)
+
+
+def sweep_ivf_pq(
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    *,
+    nlist: Sequence[int] = (16, 64),
+    nprobe: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+    pq_m: int = 8,
+    refine: int = 20,
+    k: int = 10,
+    repeats: int = 3,
+) -> pd.DataFrame:
+    """One row per (nlist, nprobe) of an IVF-PQ index (simlib's 'ivf-pq' kind, its shortlist of `refine` x k
+    re-ranked exactly): recall@k against exact search, queries per second, vectors compared per query
+    (`measure_queries`), build seconds and index bytes per vector. Codes take the largest number of bytes up to
+    `pq_m` that divides the width; nprobe values above nlist are left out. Needs at least
+    `IndexParams(kind='ivf-pq', nlist=...).ivf_min_vectors` vectors, else the core is exact."""
+    vectors = check_vectors(vectors)
+    queries = check_vectors(queries, vectors.shape[1], "queries")
+    k = min(int(k), len(vectors))
+    code = max(m for m in range(1, int(pq_m) + 1) if vectors.shape[1] % m == 0)
+    _, exact_ids = exact_search(vectors, queries, k)
+    rows = []
+    for lists in nlist:
+        params = IndexParams("ivf-pq", nlist=int(lists), pq_m=code, refine=int(refine))
+        core, build_s = timed_core(vectors, params)
+        size = bytes_per_vector(core.index_)
+        for probes in sorted({int(p) for p in nprobe if int(p) <= int(lists)}):
+            run = measure_queries(core, queries, exact_ids, k, probes, repeats)
+            rows.append(dict(nlist=int(lists), nprobe=probes, pq_m=code, refine=int(refine), k=k, kind=core.index_kind,
+                             recall=run.recall, qps=run.qps, distances_per_query=run.distances_per_query,
+                             build_s=build_s, bytes_per_vector=size))
     return pd.DataFrame(rows)
 
 

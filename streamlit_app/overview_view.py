@@ -66,11 +66,16 @@ def _pca(collection: Collection) -> None:
 
 def _index_parameters(collection: Collection) -> pd.DataFrame:
     params = collection.config.index
-    hnsw = collection.core.index_kind == "hnsw"
+    kind = collection.core.index_kind
     chosen = " (chosen by size)" if params.kind == "auto" else ""
-    rows = [("kind", ("HNSW (FAISS IndexHNSWFlat)" if hnsw else "exact (FAISS IndexFlatL2)") + chosen)]
-    if hnsw:
+    names = {"hnsw": "HNSW (FAISS IndexHNSWFlat)", "ivf-pq": "IVF-PQ (FAISS IndexIVFPQ), re-ranked exactly",
+             "exact": "exact (FAISS IndexFlatL2)"}
+    rows = [("kind", names[kind] + chosen)]
+    if kind == "hnsw":
         rows += [("M", params.M), ("efConstruction", params.ef_construction), ("efSearch (default)", params.ef_search)]
+    if kind == "ivf-pq":
+        rows += [("nlist", params.nlist), ("code bytes (pq_m)", params.pq_m), ("nprobe (default)", params.nprobe),
+                 ("shortlist", f"{params.refine} x k")]
     rows += [
         ("vectors", collection.core.index_.ntotal),
         ("dimensions", collection.core.index_.d),

@@ -20,8 +20,10 @@ TITLES = {
     "scale": "6. A library at scale",
     "duplicates": "7. Grouping near duplicates",
     "copydetect": "10. Copy detection",
+    "big_index": "12. An index beyond memory",
 }
-TABLES = {"throughput": 1, "ann": 4, "latency": 2, "quality": 2, "scale": 3, "duplicates": 1, "copydetect": 8}
+TABLES = {"throughput": 1, "ann": 4, "latency": 2, "quality": 2, "scale": 3, "duplicates": 1, "copydetect": 8,
+          "big_index": 2}
 ALWAYS = {"throughput", "duplicates"}  # sections that need neither the shared datasets nor the offline backbone
 
 

@@ -88,6 +88,16 @@ def test_score_normalisation_can_be_turned_off(photo_folder, resnet18_weights, t
     assert "on the match score (the best similarity)" in capsys.readouterr().out
 
 
+def test_an_ivf_pq_collection_is_exact_until_it_can_train_and_says_so(photo_folder, resnet18_weights, tmp_path, capsys):
+    output = tmp_path / "compressed.simlib"
+    assert main(["index", str(photo_folder), "-o", str(output), "--backbone", "resnet18", "--weights",
+                 str(resnet18_weights), "--index", "ivf-pq", "--nlist", "8", "--pq-m", "4", "--nprobe", "2",
+                 "-q"]) == 0
+    assert "exact index (ivf-pq from 9,984 vectors)" in capsys.readouterr().out
+    assert main(["info", str(output)]) == 0
+    assert "exact index (ivf-pq from 9,984 vectors)" in capsys.readouterr().out
+
+
 def test_add_appends_to_an_existing_collection(collection_file, resnet18_weights, tmp_path, capsys):
     extra = tmp_path / "extra"
     extra.mkdir()
@@ -140,6 +150,7 @@ def test_search_under_a_folder_returns_only_images_in_it(collection_file, photo_
         (["search", "c.simlib", "q.jpg", "--min-rating", "7"], "must be -1 (rejected) or within 0..5, got 7"),
         (["index", "d", "-o", "c.simlib", "--rating-weight", "inf"], "must be a finite number >= 0, got inf"),
         (["index", "d", "-o", "c.simlib", "--M", "three"], "argument --M: not an integer: 'three'"),
+        (["index", "d", "-o", "c.simlib", "--index", "ivf-pq", "--nprobe", "0"], "argument --nprobe: must be >= 1"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(argv, message, capsys):

@@ -14,6 +14,7 @@ from simlib.index import (
     index_from_bytes,
     index_to_bytes,
     prefer_huge_pages,
+    rerank,
     search_index,
 )
 from simlib.reduce import normalize_rows
@@ -140,3 +141,53 @@ def test_huge_page_advice_covers_large_indexes_and_leaves_results_unchanged():
     plain = faiss.clone_index(index)  # fresh memory, never advised
     assert prefer_huge_pages(index) >= 16 << 20 and prefer_huge_pages(build_index(rows[:100])) == 0
     assert np.array_equal(search_index(index, rows[:50], 10)[1], search_index(plain, rows[:50], 10)[1])
+
+
+# ------------------------------------------------------------------ IVF-PQ
+
+IVF = IndexParams("ivf-pq", nlist=32, pq_m=8, nprobe=4)
+
+
+@pytest.fixture(scope="module")
+def ivf_vectors():
+    return normalize_rows(np.random.default_rng(2).standard_normal((IVF.ivf_min_vectors, 16)))
+
+
+@pytest.fixture(scope="module")
+def ivf_index(ivf_vectors):
+    return build_index(ivf_vectors, IVF)
+
+
+def test_ivf_pq_is_trained_on_a_seeded_sample_and_holds_every_id_once(ivf_vectors, ivf_index):
+    assert isinstance(ivf_index, faiss.IndexIVFPQ) and ivf_index.is_trained and ivf_index.ntotal == len(ivf_vectors)
+    assert ivf_index.nlist == 32 and ivf_index.nprobe == 4 and ivf_index.pq.M == 8 and ivf_index.code_size == 8
+    assert flat_storage(ivf_index) is None  # no float vectors: re-ranking needs them from elsewhere
+    lists = faiss.extract_index_ivf(ivf_index).invlists
+    ids = np.concatenate([faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy() for i in range(32)])
+    assert np.array_equal(np.sort(ids), np.arange(len(ivf_vectors)))
+    assert index_to_bytes(build_index(ivf_vectors, IVF)) == index_to_bytes(ivf_index)  # the sample is seeded
+
+
+def test_ivf_search_probes_the_lists_asked_for_and_honours_a_selector(ivf_vectors, ivf_index):
+    queries = ivf_vectors[:50]
+    _, exact = exact_search(ivf_vectors, queries, 10)
+    hit = [np.mean([len(set(a) & set(e)) / 10 for a, e in zip(search_index(ivf_index, queries, 100, p)[1], exact)])
+           for p in (1, 32)]
+    assert hit[0] < 0.8 < hit[1]  # one list of 32 misses most neighbours; all of them find nearly all in 100
+    selected = np.zeros(len(ivf_vectors), bool)
+    selected[::5] = True
+    bits = np.packbits(selected, bitorder="little")
+    _, ids = search_index(ivf_index, queries, 10, 8, faiss.IDSelectorBitmap(len(selected), faiss.swig_ptr(bits)))
+    assert selected[ids[ids >= 0]].all() and (ids >= 0).mean() > 0.9
+
+
+def test_rerank_orders_candidates_by_exact_distance_and_keeps_missing_last():
+    queries = np.zeros((1, 2), np.float32)
+    ids = np.array([[7, -1, 3, 5]])
+    candidates = np.array([[[3, 0], [0, 0], [1, 0], [2, 0]]], np.float32)
+    assert rerank(queries, ids, candidates, 4).tolist() == [[3, 5, 7, -1]]
+
+
+def test_ivf_pq_refuses_a_width_its_codes_do_not_split(ivf_vectors):
+    with pytest.raises(ValueError, match="must be a multiple of it"):
+        build_index(ivf_vectors[:, :15], IVF)

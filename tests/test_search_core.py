@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import simlib.search_core as search_core
-from simlib.index import IndexParams, exact_search
+from simlib.index import IndexParams, bytes_per_vector, exact_search, index_from_bytes, index_to_bytes, search_index
 from simlib.ratings import REJECTED
 from simlib.reduce import normalize_rows
 from simlib.search_core import SearchConfig, SearchCore
@@ -407,3 +407,138 @@ def test_an_auto_index_is_exact_while_small_and_becomes_hnsw_as_it_grows(feature
     assert core.index_kind == "hnsw" and core.index_.ntotal == 400
     assert core.search(features[350:351], 1, threshold=-np.inf).ids[0, 0] == 350
     assert SearchCore(SearchConfig(pca_dim=16, index=IndexParams(kind="hnsw"))).fit(features[:50]).index_kind == "hnsw"
+
+
+# ------------------------------------------------------------------ the compressed index (IVF-PQ)
+
+# 12,000 vectors (the fewest the default rule trains an IVF on is 39 x 256 = 9,984), 64 lists of which a search
+# probes 8: far from exhaustive, so the tests below fail when probing, re-ranking or the filters go wrong
+IVF = IndexParams("ivf-pq", nlist=64, pq_m=8, nprobe=8, refine=10)
+
+
+@pytest.fixture(scope="module")
+def ivf_features():
+    return clustered_features(12_000, seed=3)
+
+
+@pytest.fixture(scope="module")
+def ivf(ivf_features):
+    return SearchCore(SearchConfig(pca_dim=32, index=IVF)).fit(ivf_features, random_stars(12_000, seed=3))
+
+
+@pytest.fixture(scope="module")
+def ivf_exact(ivf):
+    return ivf.with_index(EXACT)
+
+
+@pytest.fixture(scope="module")
+def ivf_queries(ivf_features):
+    rng = np.random.default_rng(8)
+    return normalize_rows(ivf_features[:200] + 0.2 * rng.standard_normal(ivf_features[:200].shape))
+
+
+def test_an_ivf_pq_index_holds_codes_only_and_reranks_its_shortlist_to_exact_order(ivf, ivf_exact, ivf_queries):
+    index = ivf.index_
+    assert ivf.index_kind == "ivf-pq" and isinstance(index, faiss.IndexIVFPQ) and index.nprobe < index.nlist
+    assert bytes_per_vector(index) <= IVF.pq_m + 8 + 4  # codes and 64-bit ids; centroids and codebooks besides
+    vectors = ivf.transform(ivf_queries)
+    _, truth = exact_search(ivf.vectors_, vectors, 10)
+    hits = ivf.search_vectors(vectors, 10, threshold=-np.inf)
+    codes_only = search_index(index, vectors, 10)[1]  # FAISS's own ranking by code distance
+    assert recall(hits.ids, truth) >= 0.9 and recall(hits.ids, truth) > recall(codes_only, truth) + 0.1
+    # the re-ranked results come in exact order: their similarities are the cosines, descending
+    assert (np.diff(hits.similarities, axis=1) <= 1e-6).all()
+    assert np.allclose(hits.similarities[:, 0], np.einsum("qd,qd->q", ivf.vectors_[hits.ids[:, 0]], vectors),
+                       atol=1e-6)
+
+
+def test_probing_more_lists_raises_ivf_recall_to_nearly_exact(ivf, ivf_queries):
+    vectors = ivf.transform(ivf_queries)
+    _, truth = exact_search(ivf.vectors_, vectors, 10)
+    found = {nprobe: recall(ivf.search_vectors(vectors, 10, threshold=-np.inf, ef_search=nprobe).ids, truth)
+             for nprobe in (1, 8, 64)}
+    assert found[1] < found[8] < found[64] and found[64] >= 0.99
+
+
+@pytest.mark.parametrize("min_rating", [0, 3, 5])
+def test_ivf_min_rating_returns_exact_search_over_the_images_it_allows(ivf, ivf_queries, min_rating):
+    ids = np.flatnonzero(ivf.stars_ >= min_rating)
+    vectors = ivf.transform(ivf_queries[:50])
+    _, truth = exact_search(ivf.vectors_[ids], vectors, 10)
+    hits = ivf.search_vectors(vectors, 10, threshold=-np.inf, min_rating=min_rating)
+    assert np.isin(hits.ids, ids).all() and (hits.ids >= 0).all()
+    assert recall(hits.ids, ids[truth]) >= 0.95
+
+
+def test_a_selective_ivf_filter_takes_the_exact_path_and_a_broad_one_the_lists(ivf, ivf_queries, monkeypatch):
+    calls = []
+    original = search_core.search_checked
+    def recorded(index, queries, k, ef_search=None, selector=None):
+        calls.append((index, selector is not None))
+        return original(index, queries, k, ef_search, selector)
+
+    monkeypatch.setattr(search_core, "search_checked", recorded)
+    vectors = ivf.transform(ivf_queries[:20])
+    for share, path in ((0.005, "exact"), (0.5, "ivf")):
+        calls.clear()
+        allowed = np.random.default_rng(1).random(len(ivf)) < share
+        ids = np.flatnonzero(allowed)
+        hits = ivf.search_vectors(vectors, 10, threshold=-np.inf, allowed=allowed)
+        _, truth = exact_search(ivf.vectors_[ids], vectors, 10)
+        assert allowed[hits.ids].all() and recall(hits.ids, ids[truth]) >= (1.0 if path == "exact" else 0.95)
+        filtered = [index for index, selected in calls if selected]  # the unfiltered neighbourhood term aside
+        assert (ivf.index_ in filtered) == (path == "ivf"), share
+
+
+def test_ivf_fallback_keeps_the_rating_order_and_nearly_the_similarity_order(ivf, ivf_exact, ivf_queries):
+    approximate = ivf.search(ivf_queries[:50], 10, threshold=np.inf, query_stars=4).ids
+    reference = ivf_exact.search(ivf_queries[:50], 10, threshold=np.inf, query_stars=4).ids
+    assert (ivf.stars_[approximate] == ivf_exact.stars_[reference]).all()
+    assert recall(approximate, reference) >= 0.95
+
+
+def test_removed_ids_are_left_out_of_ivf_searches(ivf, ivf_queries):
+    core = ivf.copy()
+    first = core.search(ivf_queries[:20], 5, threshold=-np.inf).ids
+    gone = np.unique(first[:, :2])
+    core.remove(gone)
+    for options in ({"threshold": -np.inf}, {"threshold": np.inf, "query_stars": 3},
+                    {"threshold": -np.inf, "min_rating": 2}):
+        ids = core.search(ivf_queries[:20], 10, **options).ids
+        assert (ids >= 0).all() and not np.isin(ids, gone).any(), options
+    assert np.array_equal(ivf.search(ivf_queries[:20], 5, threshold=-np.inf).ids, first)
+    compacted = core.compacted()
+    assert compacted.index_kind == "ivf-pq" and compacted.index_.ntotal == core.live_count
+
+
+def test_an_ivf_index_saved_as_bytes_and_completed_with_its_adds_gives_identical_hits(ivf, ivf_features, ivf_queries):
+    grown = ivf.copy()
+    added = grown.add(ivf_features[:300] * 0.9 + 0.1 * ivf_features[300:600])
+    assert grown.index_kind == "ivf-pq" and added[0] == len(ivf)
+    assert grown.search(ivf_features[:1] * 0.9 + 0.1 * ivf_features[300:301], 1, threshold=-np.inf).ids[0, 0] == added[0]
+    arrays = grown.to_arrays()
+    restored = SearchCore.from_arrays(grown.config, arrays, index_from_bytes(index_to_bytes(ivf.index_)), None,
+                                      batches=[len(added)])
+    for options in ({"threshold": -np.inf}, {"threshold": np.inf, "query_stars": 2},
+                    {"threshold": -np.inf, "min_rating": 4}):
+        a, b = grown.search(ivf_queries[:30], 8, **options), restored.search(ivf_queries[:30], 8, **options)
+        assert np.array_equal(a.ids, b.ids) and np.array_equal(a.similarities, b.similarities, equal_nan=True)
+
+
+def test_an_ivf_pq_index_is_exact_while_too_small_to_train_and_trains_as_it_grows(ivf_features):
+    params = IndexParams("ivf-pq", nlist=64, pq_m=8)
+    assert params.ivf_min_vectors == 39 * 256
+    core = SearchCore(SearchConfig(pca_dim=32, index=params)).fit(ivf_features[:9000])
+    assert core.index_kind == "exact"
+    core.add(ivf_features[9000:])
+    assert core.index_kind == "ivf-pq" and core.index_.ntotal == 12_000
+    assert core.search(ivf_features[11_000:11_001], 1, threshold=-np.inf).ids[0, 0] == 11_000
+
+
+def test_ivf_pq_with_a_rating_weight_needs_a_width_the_code_splits(ivf_features):
+    with pytest.raises(ValueError, match="must be a multiple of it"):
+        SearchCore(SearchConfig(pca_dim=32, index=IVF, rating_weight=1.0)).fit(ivf_features)
+    weighted = SearchCore(SearchConfig(pca_dim=31, index=IVF, rating_weight=1.0)).fit(
+        ivf_features, random_stars(12_000, seed=3))
+    hits = weighted.search(ivf_features[:20], 5, threshold=-np.inf, query_stars=5)
+    assert weighted.index_.d == 32 and (hits.ids >= 0).all()

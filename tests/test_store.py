@@ -191,3 +191,31 @@ def test_the_writer_lock_is_refused_to_another_process_while_held(tmp_path):
     assert f"another process (pid {os.getpid()}) is writing this collection; try again" in answer
     with locked(folder, wait=False):
         pass
+
+
+def test_a_collection_with_an_ivf_pq_index_loads_with_the_same_codes_and_results(library, resnet18, tmp_path):
+    """A collection large enough to train IVF-PQ (records of files that need not exist: search never opens them)."""
+    from simlib import IndexParams, SearchConfig, SearchCore
+    from simlib.ratings import Rating
+    from simlib.reduce import normalize_rows
+
+    n = IndexParams("ivf-pq", nlist=64).ivf_min_vectors + 16
+    rng = np.random.default_rng(5)
+    features = normalize_rows(rng.standard_normal((n, 512)) * np.geomspace(3, 0.1, 512)).astype(np.float32)
+    stars = rng.choice([np.nan, 1.0, 3.0, 5.0], n)
+    config = SearchConfig(pca_dim=32, index=IndexParams("ivf-pq", nlist=64, pq_m=8, nprobe=8), threshold=0.5)
+    core = SearchCore(config).fit(features, stars).set_calibration(library.core.calibration_)
+    root = tmp_path / "photos"
+    root.mkdir()
+    images = [ImageRecord(str(root / f"{i}.jpg"), Rating(None if np.isnan(s) else float(s), None))
+              for i, s in enumerate(stars)]
+    collection = Collection(library.backbone, images=images, features=features, core=core, root=root)
+    collection.save(tmp_path / "big.simlib")
+    loaded = Collection.load(tmp_path / "big.simlib", resnet18)
+    assert loaded.core.index_kind == "ivf-pq"
+    assert index_to_bytes(loaded.core.index_) == index_to_bytes(collection.core.index_)
+    for query in features[:3]:
+        for options in ({}, {"min_rating": 5}, {"query_rating": 3, "threshold": 2.0}):
+            found = loaded.search_features(query, k=5, **options)
+            assert found.to_dict() == collection.search_features(query, k=5, **options).to_dict(), options
+            assert len(found.results) == 5

@@ -11,6 +11,7 @@ from simlib.tuning import (
     leave_one_out_search,
     recommend_hnsw,
     sweep_hnsw,
+    sweep_ivf_pq,
     sweep_pca,
     synthetic_like,
 )
@@ -73,6 +74,17 @@ def test_hnsw_recall_grows_with_ef_search_and_memory_with_M(hnsw_sweep):
         assert setting.sort_values("ef_search")["distances_per_query"].is_monotonic_increasing
     memory = hnsw_sweep.groupby("M")["bytes_per_vector"].first()
     assert memory[32] > 2 * memory[4]  # graph links (about 2M of 4 bytes each) outweigh the 96-byte vector
+
+
+def test_ivf_pq_sweep_raises_recall_and_work_with_nprobe_and_codes_the_width():
+    vectors = normalize_rows(gaussian(10_000, dim=24, seed=4))
+    sweep = sweep_ivf_pq(vectors, normalize_rows(gaussian(100, dim=24, seed=5)), nlist=(32,), nprobe=(1, 4, 32, 64),
+                         pq_m=10, repeats=1)
+    assert sweep["nprobe"].tolist() == [1, 4, 32] and (sweep["kind"] == "ivf-pq").all()  # 64 > nlist: left out
+    assert (sweep["pq_m"] == 8).all()  # the largest code size up to 10 bytes that splits 24 dimensions
+    assert sweep["recall"].is_monotonic_increasing and sweep["distances_per_query"].is_monotonic_increasing
+    assert sweep["recall"].iloc[0] < 0.6 and sweep["recall"].iloc[-1] > 0.95
+    assert (sweep["bytes_per_vector"] < 8 + 8 + 4).all()  # 8-byte codes and ids, centroids and codebooks besides
 
 
 def sweep_table(rows):

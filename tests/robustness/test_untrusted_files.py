@@ -299,6 +299,97 @@ def test_indexes_simlib_writes_pass_the_check():
     check_index_bytes(index_to_bytes(faiss.IndexHNSWFlat(16, 32)), 0)
 
 
+# ------------------------------------------------------------------------------------------ forged IVF-PQ indexes
+
+
+def ivf_pq_bytes(n: int = 40, d: int = 8, nlist: int = 4, pq_m: int = 2) -> bytes:
+    """An IVF-PQ index as `simlib.index.build_index` makes one (flat quantizer, 8-bit PQ of residuals), small."""
+    rng = np.random.default_rng(0)
+    index = faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, nlist, pq_m, 8)
+    index.train(rng.standard_normal((512, d)).astype(np.float32))
+    index.add(rng.standard_normal((n, d)).astype(np.float32))
+    index.nprobe = 2
+    return index_to_bytes(index)
+
+
+def ivf_fields(data: bytes, d: int = 8, nlist: int = 4) -> dict[str, int]:
+    """Byte offsets of the IVF-PQ fields a forger would change (faiss/impl/index_write.cpp, IndexIVFPQ)."""
+    header = 4 + 8 * 3 + 1 + 4  # d, ntotal, two unused, is_trained, metric
+    offsets = {"nlist": 4 + header, "nprobe": 4 + header + 8, "quantizer": 4 + header + 16}
+    offsets["direct_map"] = offsets["quantizer"] + 4 + header + 8 + nlist * d * 4
+    offsets["nbits"] = offsets["direct_map"] + 1 + 8 + 1 + 8 + 16  # no map, its empty array, by_residual, code size
+    offsets["lists"] = offsets["nbits"] + 8 + 8 + d * 256 * 4 + 4 + 8 + 8 + 4  # codebooks, ilar, nlist, code size
+    sizes = np.frombuffer(data, "<u8", nlist, offsets["lists"] + 8)
+    first = int(np.flatnonzero(sizes)[0])
+    offsets["first_ids"] = offsets["lists"] + 8 + nlist * 8 + int(sizes[first]) * 2  # 2-byte codes, then ids
+    offsets["first_size"] = offsets["lists"] + 8 + first * 8
+    return offsets
+
+
+def forged_ivf_indexes() -> dict[str, tuple[bytes, str]]:
+    data = ivf_pq_bytes()
+    fields = ivf_fields(data)
+    ids = fields["first_ids"]
+    (second,) = struct.unpack_from("<q", data, ids + 8)
+    return {
+        "nlist-2^40": (patched(data, fields["nlist"], "<Q", 1 << 40), "nlist"),
+        "nprobe-above-nlist": (patched(data, fields["nprobe"], "<Q", 5), "nprobe"),
+        "quantizer-of-another-type": (patched(data, fields["quantizer"], "<4s", b"IHNf"), "quantizer"),
+        "direct-map": (patched(data, fields["direct_map"], "<b", 1), "direct map"),
+        "pq-16-bits": (patched(data, fields["nbits"], "<Q", 16), "product quantizer"),
+        "list-size-2^40": (patched(data, fields["first_size"], "<Q", 1 << 40), "the IVF lists hold"),
+        "list-vector-length-2^39": (patched(data, fields["lists"], "<Q", 1 << 39), "claims"),
+        "id-out-of-range": (patched(data, ids, "<q", 40 + 3), "id outside the index"),
+        "negative-id": (patched(data, ids, "<q", -1), "id outside the index"),
+        "id-twice": (patched(data, ids, "<q", second), "exactly once"),
+        "trailing-bytes": (data + b"\x00" * 8, "unexpected bytes after the index"),
+        "truncated": (data[:-10], "claims"),
+        "ivf-flat": (index_to_bytes(_ivf_flat()), "is not one simlib writes"),
+    }
+
+
+def _ivf_flat() -> faiss.Index:
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(8), 8, 4)
+    index.train(np.random.default_rng(0).standard_normal((256, 8)).astype(np.float32))
+    return index
+
+
+@pytest.mark.parametrize("kind", list(forged_ivf_indexes()))
+def test_a_forged_ivf_pq_index_is_refused_before_faiss_reads_it(kind, saved, tmp_path, resnet18):
+    data, message = forged_ivf_indexes()[kind]
+    with pytest.raises(ValueError, match=message):
+        check_index_bytes(data)
+    forged = forge(saved, tmp_path / "forged.simlib", {"index": data})
+    with pytest.raises(CollectionFileError, match=r"index index-\w+\.faiss cannot be parsed"):
+        Collection.load(forged, resnet18)
+
+
+def test_ivf_pq_indexes_simlib_writes_pass_the_check():
+    check_index_bytes(ivf_pq_bytes(), 40)
+    check_index_bytes(ivf_pq_bytes(n=3, nlist=64), 3)  # most lists empty: FAISS writes the sparse size table
+    vectors = np.random.default_rng(1).standard_normal((IndexParams("ivf-pq", nlist=8).ivf_min_vectors, 16))
+    check_index_bytes(index_to_bytes(build_index(vectors.astype(np.float32), IndexParams("ivf-pq", nlist=8, pq_m=4))))
+
+
+IVF_INDEX = ivf_pq_bytes()
+
+
+@settings(deadline=None, derandomize=True, database=None, max_examples=400)
+@given(st.lists(st.tuples(st.integers(0, len(IVF_INDEX) - 1), st.binary(min_size=1, max_size=8)), min_size=1,
+                max_size=4))
+def test_a_mutated_ivf_pq_index_is_refused_or_searches_safely(changes):
+    data = bytearray(IVF_INDEX)
+    for position, chunk in changes:
+        data[position : position + len(chunk)] = chunk
+    try:
+        check_index_bytes(bytes(data), 40)
+    except ValueError:
+        return
+    index = faiss.deserialize_index(np.frombuffer(bytes(data), dtype=np.uint8))
+    distances, ids = index.search(np.ones((2, 8), np.float32), 5)
+    assert ids.shape == (2, 5) and ((ids >= -1) & (ids < 40)).all()
+
+
 INDEX = hnsw_bytes()
 
 
