@@ -463,7 +463,7 @@ class SearchCore:
     def _similarities(self, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
         # in float64, so that the float32 result does not depend on how the arrays happen to be aligned in memory
         # (a loaded collection must give the very numbers the saved one gave)
-        gathered = self.gather(np.clip(ids, 0, None)).astype(np.float64)
+        gathered = self.gather(np.maximum(ids, 0)).astype(np.float64)  # -1 padding gathers row 0, masked below
         similarities = np.einsum("qkd,qd->qk", gathered, vectors.astype(np.float64))
         return np.where(ids >= 0, similarities, np.float32(np.nan)).astype(np.float32)
 

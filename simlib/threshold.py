@@ -181,11 +181,22 @@ def embed_edited_copies(
     return stacked, np.array(origin, dtype=np.int64)
 
 
-def copy_scores(core: "SearchCore", copy_features: np.ndarray, original_ids: np.ndarray,
-                score_norm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The match scores (as `SearchCore.search` scores, with the core's `norm_ranks` and `score_norm` unless given)
-    of edited copies of the core's images `original_ids`: over the whole collection (match), and with each copy's
-    original and the original's other copies taken out of it (non-match). Neighbours by exact search.
+def copy_scores(core: "SearchCore", copy_features: np.ndarray,
+                original_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The match scores (as `SearchCore.search` scores them, with the core's `score_norm` and `norm_ranks`) of
+    edited copies of the core's images `original_ids`: over the whole collection (match), and with each copy's
+    original and the original's other copies taken out of it (non-match); see `copy_neighbours`."""
+    present, removed = copy_neighbours(core, copy_features, original_ids)
+    config = core.config
+    return (match_score(present, config.score_norm, config.norm_ranks),
+            match_score(removed, config.score_norm, config.norm_ranks))
+
+
+def copy_neighbours(core: "SearchCore", copy_features: np.ndarray,
+                    original_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Similarities (n_copies, searched) of edited copies of the core's images `original_ids` to the nearest images
+    a search scores, over the whole collection and with the original and its other copies taken out (NaN where
+    fewer remain). Neighbours by exact search.
 
     An image at least as similar to the original as the edited copy is counts as a copy of it: in a collection
     holding copies (a backup folder, resized exports) the nearest other image of an edited copy is often another
@@ -195,12 +206,10 @@ def copy_scores(core: "SearchCore", copy_features: np.ndarray, original_ids: np.
     import faiss  # here, not at the top: reading a manifest (`simlib info`) imports this module, and must be quick
 
     original_ids = np.asarray(original_ids, dtype=np.int64)
-    config = core.config
-    norm = config.score_norm if score_norm is None else score_norm
     queries = core.transform(copy_features)
     originals = core.vectors_[original_ids]
     match = np.einsum("ij,ij->i", queries, originals).astype(np.float64)
-    searched = min(len(core), config.norm_ranks[1] + 1)  # the neighbours a search scores
+    searched = min(len(core), core.config.norm_ranks[1] + 1)  # the neighbours a search scores
     distances, ids = faiss.knn(queries, core.vectors_, min(len(core), searched + CALIBRATION_NEIGHBOURS))
     similarities = 1.0 - distances.astype(np.float64) / 2.0  # unit vectors: |a - b|^2 = 2 - 2 cos
     to_original = np.einsum("qkd,qd->qk", core.vectors_[ids], originals)
@@ -209,8 +218,7 @@ def copy_scores(core: "SearchCore", copy_features: np.ndarray, original_ids: np.
     others = np.where(copy, np.nan, similarities)
     others = -np.sort(np.where(np.isnan(others), np.inf, -others), axis=1)[:, :searched]  # copies last, cut off
     others[np.isinf(others)] = np.nan
-    return (match_score(similarities[:, :searched], norm, config.norm_ranks),
-            match_score(others, norm, config.norm_ranks))
+    return similarities[:, :searched], others
 
 
 def calibrate(core: "SearchCore", copy_features: np.ndarray, original_ids: np.ndarray) -> Calibration:
@@ -221,7 +229,14 @@ def calibrate(core: "SearchCore", copy_features: np.ndarray, original_ids: np.nd
         raise ValueError("cannot calibrate the match threshold without edited copies")
     if len(core) < 2:
         raise ValueError("cannot calibrate the match threshold of fewer than 2 images")
-    calibration = choose_threshold(*copy_scores(core, copy_features, original_ids))
-    if core.config.score_norm == 0:
+    present, removed = copy_neighbours(core, copy_features, original_ids)  # one exact search serves both scores
+    config = core.config
+
+    def threshold(norm: float) -> Calibration:
+        return choose_threshold(match_score(present, norm, config.norm_ranks),
+                                match_score(removed, norm, config.norm_ranks))
+
+    calibration = threshold(config.score_norm)
+    if config.score_norm == 0:
         return calibration
-    return replace(calibration, copies=choose_threshold(*copy_scores(core, copy_features, original_ids, 0.0)))
+    return replace(calibration, copies=threshold(0.0))
