@@ -144,6 +144,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="files decoded per step (default: 8 on a CPU, 32 on a GPU)")
     index.add_argument("--workers", type=_count,
                        help="decoding processes (default: three quarters of the cores, at most 8)")
+    index.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="extract features on a Ray cluster (pip install 'simlib[ray]'): ADDRESS of a running "
+                            "one (auto, HOST:PORT or ray://HOST:PORT), or none to start a local one; a rerun after "
+                            "a stop resumes from the finished shards")
     index.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     index.set_defaults(run=_index)
 
@@ -219,6 +223,8 @@ def _index(args: argparse.Namespace) -> int:
 
     if args.add and args.sync:
         raise ValueError("--add and --sync do not go together: --sync adds new files too")
+    if args.ray and args.workers is not None:
+        raise ValueError("--workers sets this machine's decoding processes; with --ray, Ray schedules decoding")
     if (args.add or args.sync) and args.output.exists():
         # held from loading to saving, so that a second writer waits and then sees these images
         with store.locked(args.output, on_wait=lambda message: print(f"simlib: {message}", file=sys.stderr)):
@@ -230,7 +236,8 @@ def _update(args: argparse.Namespace) -> int:
     from .collection import Collection
 
     collection = Collection.load(args.output, weights=args.weights, root=args.root)
-    options = dict(progress=not args.quiet, batch_size=args.batch_size, num_workers=args.workers)
+    extractor = _extractor(args)
+    options = dict(progress=not args.quiet, batch_size=args.batch_size, num_workers=args.workers, extractor=extractor)
     if args.sync:
         for source in args.sources:
             if not Path(source).is_dir():
@@ -248,7 +255,7 @@ def _update(args: argparse.Namespace) -> int:
         if report.already_present:
             print(f"{report.already_present} file(s) already in the collection were left as they were.")
         print(f"Added {report.added} image(s); the collection holds {len(collection)}.")
-    _save(collection, args.output)
+    _save(collection, args.output, extractor=extractor)
     return 0
 
 
@@ -267,8 +274,9 @@ def _build(args: argparse.Namespace) -> int:
         score_norm=args.score_norm,
     )
     collection = Collection(load_backbone(args.backbone, args.weights, precision=args.precision), config)
+    extractor = _extractor(args)
     report = collection.add(args.sources, refit=True, progress=progress, batch_size=args.batch_size,
-                            num_workers=args.workers)
+                            num_workers=args.workers, extractor=extractor)
     for note in collection.notes:
         print(f"note: {note}", file=sys.stderr)
     _print_skipped(report.errors)
@@ -279,8 +287,17 @@ def _build(args: argparse.Namespace) -> int:
           f"({backbone.name} {backbone.dim}-d in {backbone.precision} -> {reduced}, "
           f"{_describe_index(collection.config.index, core.index_kind)}).")
     print(f"Match threshold {collection.threshold:.3f} ({_threshold_origin(collection)}).")
-    _save(collection, args.output)
+    _save(collection, args.output, extractor=extractor)
     return 0
+
+
+def _extractor(args: argparse.Namespace):
+    """The Ray extractor `--ray` asks for, or None: extract in this process."""
+    if not args.ray:
+        return None
+    from .distributed import RayExtractor
+
+    return RayExtractor(args.ray, batch_size=args.batch_size)
 
 
 def _print_skipped(errors: list) -> None:
@@ -290,11 +307,16 @@ def _print_skipped(errors: list) -> None:
             print(f"  {_show(error.path)}: {error.reason}")
 
 
-def _save(collection, output: Path, out=None) -> None:
+def _save(collection, output: Path, out=None, extractor=None) -> None:
+    """Save `collection`; then the finished shards of a Ray extraction are no longer needed."""
     from .collection import COMPACT_SHARE
 
     compacts = collection.compaction_pays
     collection.save(output)
+    if extractor is not None:
+        if extractor.resumed:
+            print(f"{extractor.resumed} image(s) came from the finished shards of an earlier run.", file=out)
+        extractor.forget()
     if compacts:
         print(f"Compacted: more than {COMPACT_SHARE:.0%} of the indexed images were removed, so the index was "
               "rebuilt without them.", file=out)

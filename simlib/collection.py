@@ -21,7 +21,7 @@ from . import store
 from .backbones import Backbone, load_backbone
 from .duplicates import DuplicateCache, DuplicateReport, find_duplicates
 from .errors import CollectionError
-from .features import Progress, embed_query, extract_features
+from .features import Extractor, Progress, embed_query, extract_features
 from .files import find_images, walk_images
 from .images import FileError, ImageSource, source_name, to_rgb
 from .manifest import BackboneRecord, Manifest, PCARecord, RootRecord
@@ -160,13 +160,15 @@ class Collection:
         progress: Progress = True,
         batch_size: int | None = None,
         num_workers: int | None = None,
+        extractor: Extractor | None = None,
     ) -> "Collection":
         """A new collection from a folder (searched recursively; it becomes the collection's root) or a list of
         image files (root: the folder holding them all)."""
         if isinstance(backbone, str):
             backbone = load_backbone(backbone, weights)
         collection = cls(backbone, config)
-        collection.add(source, refit=True, progress=progress, batch_size=batch_size, num_workers=num_workers)
+        collection.add(source, refit=True, progress=progress, batch_size=batch_size, num_workers=num_workers,
+                       extractor=extractor)
         return collection
 
     def add(
@@ -177,9 +179,13 @@ class Collection:
         progress: Progress = True,
         batch_size: int | None = None,
         num_workers: int | None = None,
+        extractor: Extractor | None = None,
     ) -> AddReport:
         """Index more images. Without `refit` the fitted PCA and threshold are kept; with it both are learned
-        again from every image, and the index is rebuilt. Files already in the collection are not added twice."""
+        again from every image, and the index is rebuilt. Files already in the collection are not added twice.
+
+        Features are extracted in this process (`batch_size` files per step, `num_workers` decoding processes) or,
+        given an `extractor`, by it: `simlib.distributed.RayExtractor` runs the extraction on a Ray cluster."""
         if self._features is None and (refit or self.core is None):
             raise CollectionError("this collection holds no backbone features, so it cannot be refitted")
         paths, walk_errors = _resolve_sources(source)
@@ -188,7 +194,7 @@ class Collection:
             self.records.root = Path(os.path.abspath(source)) if one_folder else common_folder(paths)
         known = set(self._live_ids_of(paths))
         fresh = [p for p in paths if p not in known]
-        added, errors = self._extract(fresh, progress, batch_size, num_workers)
+        added, errors = self._extract(fresh, progress, batch_size, num_workers, extractor)
         report = AddReport(len(added), walk_errors + errors, len(paths) - len(fresh))
         self.errors.extend(report.errors)
         if not added and not refit:
@@ -197,7 +203,7 @@ class Collection:
         self.notes.extend(n for n in report.notes if n not in self.notes)
         return report
 
-    def _extract(self, paths: list[str], progress, batch_size, num_workers):
+    def _extract(self, paths: list[str], progress, batch_size, num_workers, extractor: Extractor | None):
         """(records, features) of the files that decoded, each stamped before it was read, and the errors."""
         stamps: dict[str, FileStamp] = {}
         errors = []
@@ -209,8 +215,11 @@ class Collection:
         readable = [p for p in paths if p in stamps]
         if not readable:
             return [], errors
-        result = extract_features(self.backbone, readable, batch_size=batch_size, num_workers=num_workers,
-                                  progress=progress)
+        if extractor is None:
+            result = extract_features(self.backbone, readable, batch_size=batch_size, num_workers=num_workers,
+                                      progress=progress)
+        else:
+            result = extractor(self.backbone, readable, progress=progress)
         added = [(ImageRecord(readable[i], read_rating(readable[i]), stamps[readable[i]]), result.features[j])
                  for j, i in enumerate(result.indices)]
         return added, errors + result.errors
@@ -367,10 +376,12 @@ class Collection:
         progress: Progress = True,
         batch_size: int | None = None,
         num_workers: int | None = None,
+        extractor: Extractor | None = None,
     ) -> SyncReport:
         """Bring the images under `folder` in line with the files there now: add new files, remove deleted ones,
         extract again the ones whose content changed (size or modification time changed and the SHA-256 differs;
-        a file only touched costs no inference) and read again the ratings whose sidecars changed."""
+        a file only touched costs no inference) and read again the ratings whose sidecars changed. Features are
+        extracted as `add` extracts them."""
         core = self._built()
         folder = Path(os.path.abspath(folder))
         walked = walk_images(folder)
@@ -383,7 +394,7 @@ class Collection:
         report.removed = core.remove([i for i, _, _ in plan.removed])
         core.remove([i for i, _, _ in plan.changed])
         fresh = plan.added + [path for _, path, _ in plan.changed]
-        added, errors = self._extract(fresh, progress, batch_size, num_workers)
+        added, errors = self._extract(fresh, progress, batch_size, num_workers, extractor)
         failed = {e.path for e in errors}
         new = set(plan.added)
         report.added = sum(record.path in new for record, _ in added)

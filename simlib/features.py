@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, Union
+from typing import Callable, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -30,6 +30,14 @@ class ExtractionResult:
     errors: list[FileError] = field(default_factory=list)
 
 
+class Extractor(Protocol):
+    """Another way to run `extract_features` on the same arguments, with the same result: `simlib.distributed.
+    RayExtractor` runs it on a Ray cluster."""
+
+    def __call__(self, backbone: Backbone, sources: Sequence[ImageSource], *, names: Sequence[str] | None = None,
+                 progress: Progress = True) -> ExtractionResult: ...
+
+
 class _DecodeDataset(Dataset):
     def __init__(self, sources: Sequence[ImageSource], names: Sequence[str], preprocess: Preprocess):
         self.sources = sources
@@ -40,13 +48,18 @@ class _DecodeDataset(Dataset):
         return len(self.sources)
 
     def __getitem__(self, i: int):
-        try:
-            image = load_image(self.sources[i], min_side=self.preprocess.size, name=self.names[i])
-            return i, self.preprocess(image), None
-        except ImageDecodeError as exc:
-            return i, None, exc.reason
-        except Exception as exc:  # a worker must report, never die: one bad file never stops a batch
-            return i, None, f"unexpected {type(exc).__name__}: {exc}"
+        return (i, *decode_for_model(self.sources[i], self.names[i], self.preprocess))
+
+
+def decode_for_model(source: ImageSource, name: str, preprocess: Preprocess) -> tuple[torch.Tensor | None, str | None]:
+    """(the model's uint8 input, None) for `source`, or (None, why it cannot be used): the one decoding step of every
+    extraction path, local or distributed."""
+    try:
+        return preprocess(load_image(source, min_side=preprocess.size, name=name)), None
+    except ImageDecodeError as exc:
+        return None, exc.reason
+    except Exception as exc:  # a worker must report, never die: one bad file never stops a batch
+        return None, f"unexpected {type(exc).__name__}: {exc}"
 
 
 def _collate(items):
