@@ -87,6 +87,7 @@ class RayExtractor:
             raise ValueError(f"{len(names)} names for {len(paths)} sources")
         folder = Path(self.shards) if self.shards is not None else default_shard_folder()
         folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_writes(folder)
         run = _Run(backbone, paths, folder, self.shard_size or shard_size_for(len(paths)))
         self.resumed = int(run.done.sum())
         self._used.update(run.files)
@@ -181,8 +182,9 @@ def shard_key(backbone: Backbone, paths: Sequence[str]) -> str:
 
 
 def write_shard(path: Path, features: np.ndarray, ok: np.ndarray, reasons: np.ndarray) -> None:
-    """Write a shard atomically (a temporary file renamed over it), so a crash leaves it whole or absent."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".shard-", suffix=".npz")
+    """Write a shard atomically (a temporary file renamed over it), so a crash leaves it whole or absent; the
+    temporary file of a writer that crashed is removed by the next run (`remove_stale_writes`)."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".shard-{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             np.savez(out, features=features, ok=ok, reasons=np.asarray(reasons, dtype=str))
@@ -192,6 +194,24 @@ def write_shard(path: Path, features: np.ndarray, ok: np.ndarray, reasons: np.nd
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_writes(folder: Path) -> None:
+    """Remove the temporary files that writers no longer running left in `folder`."""
+    for temporary in folder.glob(".shard-*-*.tmp"):
+        pid = temporary.name.split("-")[1]
+        if pid.isdigit() and not _running(int(pid)):
+            temporary.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_shard(path: Path, rows: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

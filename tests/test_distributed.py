@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simlib.distributed import RayExtractor, read_shard, shard_key, shard_size_for, write_shard
+from simlib.distributed import (RayExtractor, read_shard, remove_stale_writes, shard_key, shard_size_for,
+                                write_shard)
 from simlib.files import walk_images
 
 from .conftest import ROOT, SHARED, needs_offline_backbone, needs_shared
@@ -43,15 +44,23 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def real_folder(tmp_path_factory) -> Path:
-    """Real photos: the 31 rated ones with their sidecars, 60 others, one truncated JPEG and one text file."""
+    """Real photos: the 31 rated ones with their sidecars, 30 others, one truncated JPEG and one text file."""
     folder = tmp_path_factory.mktemp("real")
     shutil.copytree(SHARED / "rated", folder / "rated", ignore=shutil.ignore_patterns("*.csv", "*.md"))
     (folder / "photos").mkdir()
-    for photo in sorted((SHARED / "photos").glob("*.jpg"))[:60]:
+    for photo in sorted((SHARED / "photos").glob("*.jpg"))[:30]:
         shutil.copy(photo, folder / "photos" / photo.name)
     (folder / "broken.jpg").write_bytes(next((SHARED / "photos").glob("*.jpg")).read_bytes()[:300])
     (folder / "notes.png").write_text("not an image")
     return folder
+
+
+@pytest.fixture(scope="module")
+def local(real_folder, efficientnet):
+    """`real_folder` indexed without Ray."""
+    from simlib.collection import Collection
+
+    return Collection.build(real_folder, efficientnet, progress=False)
 
 
 def _records(collection) -> list:
@@ -65,10 +74,9 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @needs_ray
 @needs_shared
 @needs_offline_backbone
-def test_ray_builds_the_collection_the_local_path_builds(cluster, real_folder, efficientnet, tmp_path):
+def test_ray_builds_the_collection_the_local_path_builds(cluster, real_folder, efficientnet, local, tmp_path):
     from simlib.collection import Collection
 
-    local = Collection.build(real_folder, efficientnet, progress=False)
     extractor = RayExtractor(cluster, shards=tmp_path / "shards")
     distributed = Collection.build(real_folder, efficientnet, progress=False, extractor=extractor)
     mine, theirs = _records(distributed), _records(local)
@@ -99,7 +107,7 @@ def _embedder_pids() -> list[int]:
 def test_an_embedding_worker_killed_mid_run_leaves_every_image_indexed_once(cluster, efficientnet, tmp_path):
     from simlib.features import extract_features
 
-    photos = sorted((SHARED / "photos").glob("*.jpg"))[:160]
+    photos = sorted((SHARED / "photos").glob("*.jpg"))[:120]
     shards = tmp_path / "shards"
     killed = []
 
@@ -128,29 +136,36 @@ def test_an_embedding_worker_killed_mid_run_leaves_every_image_indexed_once(clus
 @needs_offline_backbone
 def test_a_stopped_cli_run_resumes_from_its_finished_shards(cluster, real_folder, efficientnet, tmp_path):
     from simlib.collection import Collection
+    from simlib.features import extract_features
 
+    folder = tmp_path / "photos"
+    shutil.copytree(real_folder, folder)
+    for photo in sorted((SHARED / "photos").glob("*.jpg"))[100:250]:  # enough to stop a run midway
+        shutil.copy(photo, folder / "photos" / photo.name)
+    files = walk_images(folder).images
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     shards = tmp_path / "cache" / "simlib" / "ray-shards"
-    command = [sys.executable, "-m", "simlib", "index", str(real_folder), "-o", str(tmp_path / "c"),
+    command = [sys.executable, "-m", "simlib", "index", str(folder), "-o", str(tmp_path / "c"),
                "--backbone", "efficientnet_lite0", "--precision", efficientnet.precision, "--ray", cluster, "-q"]
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while first.poll() is None and time.monotonic() < deadline and len(list(shards.glob("*.npz"))) < 3:
-        time.sleep(0.05)
+        time.sleep(0.02)
     first.send_signal(signal.SIGKILL)
     first.wait()
     finished = len(list(shards.glob("*.npz")))
-    assert 3 <= finished < -(-len(walk_images(real_folder).images) // 8), "the first run was not stopped midway"
+    size = shard_size_for(len(files))
+    assert 3 <= finished < -(-len(files) // size), "the first run was not stopped midway"
 
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     resumed = re.search(r"(\d+) image\(s\) came from the finished shards of an earlier run", second.stdout)
-    assert resumed and finished * 8 - 7 <= int(resumed[1]) <= finished * 8, second.stdout
-    assert not list(shards.glob("*.npz")), "the shards stay after the collection was saved"
+    assert resumed and (finished - 1) * size < int(resumed[1]) <= finished * size, second.stdout
+    assert not list(shards.iterdir()), "shards or temporary files stay after the collection was saved"
     saved = Collection.load(tmp_path / "c")
-    local = Collection.build(real_folder, efficientnet, progress=False)
-    assert [r.path for r in _records(saved)] == [r.path for r in _records(local)]
-    assert _cosines(saved.features, local.features).min() >= 0.9999
+    expected = extract_features(efficientnet, files, progress=False)
+    assert [r.path for r in _records(saved)] == [files[i] for i in expected.indices]
+    assert _cosines(saved.features, expected.features).min() >= 0.9999
 
 
 def test_a_shard_is_named_by_the_backbone_and_each_file_as_it_is_now(resnet18, tmp_path):
@@ -181,6 +196,16 @@ def test_a_shard_reads_back_and_one_that_does_not_hold_what_it_should_is_made_ag
     assert read_shard(path, 3, 4) is None  # truncated
     assert read_shard(tmp_path / "absent.npz", 3, 4) is None
     assert not list(tmp_path.glob(".shard-*")), "a temporary file was left behind"
+
+
+def test_the_temporary_files_of_writers_that_died_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".shard-{int(dead.stdout)}-abc.tmp"
+    live = tmp_path / f".shard-{os.getpid()}-abc.tmp"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
+    remove_stale_writes(tmp_path)
+    assert not stale.exists() and live.exists()
 
 
 def test_shards_hold_a_hundredth_of_the_run_within_bounds():
