@@ -10,8 +10,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import (ann, big_index, copydetect, duplicates, filters, index_kind, latency, precision, quality, scale, startup,
-               throughput)
+from . import (ann, big_index, copydetect, distributed, duplicates, filters, index_kind, latency, precision, quality,
+               scale, startup, throughput)
 from .inputs import DEFAULT_CACHE, ROOT, SHARED, RunConfig
 from .machine import describe, load_average
 from .report import write_results
@@ -19,7 +19,7 @@ from .report import write_results
 BENCHMARKS = {
     "throughput": throughput, "ann": ann, "latency": latency, "quality": quality, "filters": filters, "scale": scale,
     "duplicates": duplicates, "precision": precision, "index_kind": index_kind, "copydetect": copydetect,
-    "startup": startup, "big_index": big_index,
+    "startup": startup, "big_index": big_index, "distributed": distributed,
 }
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"  # a full run's results, quoted by the README
 QUICK_RESULTS = ROOT / "build" / "benchmarks-quick.md"  # a quick run's: git-ignored, never quoted

@@ -584,7 +584,7 @@ def _describe_index(params: IndexParams, kind: str) -> str:
                                          if params.kind == "ivf-pq" else "")
     if kind == "ivf-pq":
         return (f"IVF-PQ nlist={params.nlist} codes={params.pq_m} bytes nprobe={params.nprobe} "
-                f"re-ranking {params.refine} x k")
+                f"re-ranking {params.refine} x k{chosen}")
     return f"HNSW M={params.M} efConstruction={params.ef_construction} efSearch={params.ef_search}{chosen}"
 
 

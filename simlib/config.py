@@ -15,6 +15,10 @@ MAX_EF = 1 << 20
 # benchmarks/index_kind.py measured exact 8,317 / HNSW 5,700 queries per second at 8,000 vectors and 2,718 / 4,903 at
 # 12,000 (128-d, 2-core AMD EPYC); kind 'auto' is exact below it and HNSW from it on.
 EXACT_BELOW = 10_000
+# From this many vectors kind 'auto' builds IVF-PQ: the HNSW graph would take 7.8 GB (784 bytes per 128-d vector at
+# M=32, benchmarks/ann.py at 1M), half a 16 GB laptop's memory, where IVF-PQ takes 40 bytes per vector and recall@10
+# 0.962 at the default nprobe (benchmarks/big_index.py at 10M; 0.908 at nprobe 128)
+IVF_PQ_FROM = 10_000_000
 MAX_NORM_RANK = 100  # deepest neighbour the match score may average over
 # IVF-PQ bounds: the FAISS reader allocates per list and per code byte before it checks anything, and a search
 # allocates in proportion to nprobe and the shortlist, so beyond these a value is a mistake or a forged file
@@ -30,7 +34,8 @@ KINDS = ("hnsw", "exact", "auto", "ivf-pq")
 @dataclass(frozen=True)
 class IndexParams:
     """HNSW graph degree `M`, build beam `ef_construction`, default query beam `ef_search`; kind 'exact' is brute
-    force, 'auto' exact below `EXACT_BELOW` vectors and HNSW from there (what a collection gets by default).
+    force, 'auto' exact below `EXACT_BELOW` vectors, HNSW from there and IVF-PQ from `IVF_PQ_FROM` (what a
+    collection gets by default).
 
     Kind 'ivf-pq' holds compressed codes only: `nlist` inverted lists (k-means cells), `pq_m` code bytes per vector,
     `nprobe` lists searched by default, and a shortlist of `refine` x k candidates re-ranked exactly against the
@@ -42,7 +47,7 @@ class IndexParams:
     ef_search: int = 128
     nlist: int = 4096
     pq_m: int = 32
-    nprobe: int = 128
+    nprobe: int = 512
     refine: int = 20
 
     def __post_init__(self) -> None:
@@ -63,7 +68,9 @@ class IndexParams:
     def kind_for(self, n: int) -> Literal["hnsw", "exact", "ivf-pq"]:
         """The kind of index `n` vectors get."""
         if self.kind == "auto":
-            return "exact" if n < EXACT_BELOW else "hnsw"
+            if n < EXACT_BELOW:
+                return "exact"
+            return "ivf-pq" if n >= max(IVF_PQ_FROM, self.ivf_min_vectors) else "hnsw"
         if self.kind == "ivf-pq" and n < self.ivf_min_vectors:
             return "exact"
         return self.kind

@@ -3,6 +3,7 @@ every section and its tables. Benchmarks are not tests: no timing is asserted he
 
 from __future__ import annotations
 
+import importlib.util
 import re
 
 import pytest
@@ -21,10 +22,12 @@ TITLES = {
     "duplicates": "7. Grouping near duplicates",
     "copydetect": "10. Copy detection",
     "big_index": "12. An index beyond memory",
+    "distributed": "13. Extraction on Ray",
 }
 TABLES = {"throughput": 1, "ann": 4, "latency": 2, "quality": 2, "scale": 3, "duplicates": 1, "copydetect": 8,
-          "big_index": 2}
-ALWAYS = {"throughput", "duplicates"}  # sections that need neither the shared datasets nor the offline backbone
+          "big_index": 2, "distributed": 1}
+# sections that need neither the shared datasets nor the offline backbone (Ray's: only Ray)
+ALWAYS = {"throughput", "duplicates"} | ({"distributed"} if importlib.util.find_spec("ray") else set())
 
 
 @pytest.fixture(scope="module")

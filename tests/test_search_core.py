@@ -1,6 +1,8 @@
 """The search core on random vectors: the visual rule against exact search, the rating rule against a brute-force
 reference, filters inside FAISS against exact search over the allowed ids, derivation and saving."""
 
+from dataclasses import replace
+
 import faiss
 import numpy as np
 import pytest
@@ -435,6 +437,20 @@ def ivf_exact(ivf):
 def ivf_queries(ivf_features):
     rng = np.random.default_rng(8)
     return normalize_rows(ivf_features[:200] + 0.2 * rng.standard_normal(ivf_features[:200].shape))
+
+
+def test_an_auto_index_becomes_ivf_pq_past_its_size_and_stays_hnsw_below(ivf_features, monkeypatch):
+    import simlib.config
+
+    assert IndexParams("auto").kind_for(simlib.config.IVF_PQ_FROM - 1) == "hnsw"
+    assert IndexParams("auto").kind_for(simlib.config.IVF_PQ_FROM) == "ivf-pq"
+    monkeypatch.setattr(simlib.config, "IVF_PQ_FROM", 11_000)
+    auto = replace(IVF, kind="auto")
+    core = SearchCore(SearchConfig(pca_dim=32, index=auto)).fit(ivf_features[:10_500])
+    assert core.index_kind == "hnsw"
+    core.add(ivf_features[10_500:])
+    assert core.index_kind == "ivf-pq" and isinstance(core.index_, faiss.IndexIVFPQ) and core.index_.ntotal == 12_000
+    assert core.search(ivf_features[11_900:11_901], 1, threshold=-np.inf).ids[0, 0] == 11_900
 
 
 def test_an_ivf_pq_index_holds_codes_only_and_reranks_its_shortlist_to_exact_order(ivf, ivf_exact, ivf_queries):
