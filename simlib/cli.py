@@ -314,6 +314,8 @@ def _save(collection, output: Path, out=None, extractor=None) -> None:
     compacts = collection.compaction_pays
     collection.save(output)
     if extractor is not None:
+        if extractor.cluster:
+            print(f"Features extracted on the Ray cluster at {extractor.cluster}.", file=out)
         if extractor.resumed:
             print(f"{extractor.resumed} image(s) came from the finished shards of an earlier run.", file=out)
         extractor.forget()

@@ -64,6 +64,7 @@ class RayExtractor:
     model_cpus: int | None = None
     max_actors: int | None = None
     resumed: int = field(default=0, init=False)  # files the last call took from shards of an earlier run
+    cluster: str | None = field(default=None, init=False)  # what the last call ran on: address and resources
     _used: set[Path] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -234,6 +235,7 @@ def _ray_batches(extractor: RayExtractor, backbone: Backbone, paths: list[str], 
     ray = _connect(extractor.address)
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    extractor.cluster = f"{ray.get_runtime_context().gcs_address} ({cpus} CPUs, {gpus} GPUs)"
     model_cpus = extractor.model_cpus or max(1, min(4, cpus // 4))
     if gpus:
         actors, placement = gpus, {"num_gpus": 1}

@@ -22,8 +22,9 @@ import pytest
 from simlib.distributed import (RayExtractor, read_shard, remove_stale_writes, shard_key, shard_size_for,
                                 write_shard)
 from simlib.files import walk_images
+from simlib.ratings import read_rating
 
-from .conftest import ROOT, SHARED, needs_offline_backbone, needs_shared
+from .conftest import DATA, ROOT, SHARED, needs_offline_backbone, needs_shared
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is an optional extra: pip install 'simlib[ray]'")
@@ -165,7 +166,20 @@ def test_a_stopped_cli_run_resumes_from_its_finished_shards(cluster, real_folder
     saved = Collection.load(tmp_path / "c")
     expected = extract_features(efficientnet, files, progress=False)
     assert [r.path for r in _records(saved)] == [files[i] for i in expected.indices]
+    assert [r.rating for r in _records(saved)] == [read_rating(files[i]) for i in expected.indices]
+    assert sorted(map(str, saved.errors)) == sorted(map(str, expected.errors))
     assert _cosines(saved.features, expected.features).min() >= 0.9999
+
+
+@needs_ray
+def test_ray_without_an_address_starts_a_local_cluster(resnet18_weights, tmp_path):
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "simlib", "index", str(DATA / "collection"), "-o", str(tmp_path / "c"),
+                           "--backbone", "resnet18", "--weights", str(resnet18_weights), "--precision", "fp32",
+                           "--ray", "-q"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"Features extracted on the Ray cluster at [\d.]+:\d+ \(\d+ CPUs", done.stdout), done.stdout
+    assert "Indexed 26 image(s)" in done.stdout
 
 
 def test_a_shard_is_named_by_the_backbone_and_each_file_as_it_is_now(resnet18, tmp_path):
