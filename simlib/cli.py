@@ -144,9 +144,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="files decoded per step (default: 8 on a CPU, 32 on a GPU)")
     index.add_argument("--workers", type=_count,
                        help="decoding processes (default: three quarters of the cores, at most 8)")
-    index.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+    index.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                        help="extract features on a Ray cluster (pip install 'simlib[ray]'): ADDRESS of a running "
-                            "one (auto, HOST:PORT or ray://HOST:PORT), or none to start a local one; a rerun after "
+                            "one (HOST:PORT or ray://HOST:PORT; 'local' starts a new local one), or none for the one "
+                            "in $RAY_ADDRESS or started here with 'ray start', else a new local one; a rerun after "
                             "a stop resumes from the finished shards")
     index.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     index.set_defaults(run=_index)
@@ -223,7 +224,7 @@ def _index(args: argparse.Namespace) -> int:
 
     if args.add and args.sync:
         raise ValueError("--add and --sync do not go together: --sync adds new files too")
-    if args.ray and args.workers is not None:
+    if args.ray is not None and args.workers is not None:
         raise ValueError("--workers sets this machine's decoding processes; with --ray, Ray schedules decoding")
     if (args.add or args.sync) and args.output.exists():
         # held from loading to saving, so that a second writer waits and then sees these images
@@ -293,11 +294,11 @@ def _build(args: argparse.Namespace) -> int:
 
 def _extractor(args: argparse.Namespace):
     """The Ray extractor `--ray` asks for, or None: extract in this process."""
-    if not args.ray:
+    if args.ray is None:
         return None
     from .distributed import RayExtractor
 
-    return RayExtractor(args.ray, batch_size=args.batch_size)
+    return RayExtractor(args.ray or None, batch_size=args.batch_size)
 
 
 def _print_skipped(errors: list) -> None:

@@ -172,13 +172,14 @@ def test_a_stopped_cli_run_resumes_from_its_finished_shards(cluster, real_folder
 
 
 @needs_ray
-def test_ray_without_an_address_starts_a_local_cluster(resnet18_weights, tmp_path):
+def test_ray_without_an_address_starts_a_local_cluster(cluster, resnet18_weights, tmp_path):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "simlib", "index", str(DATA / "collection"), "-o", str(tmp_path / "c"),
                            "--backbone", "resnet18", "--weights", str(resnet18_weights), "--precision", "fp32",
                            "--ray", "-q"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert re.search(r"Features extracted on the Ray cluster at [\d.]+:\d+ \(\d+ CPUs", done.stdout), done.stdout
+    used = re.search(r"Features extracted on the Ray cluster at ([\d.]+:\d+) \(\d+ CPUs", done.stdout)
+    assert used and used[1] != cluster, done.stdout  # not this process's cluster, which `ray start` did not start
     assert "Indexed 26 image(s)" in done.stdout
 
 
