@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -25,7 +26,13 @@ needs_offline_backbone = pytest.mark.skipif(
 
 
 def scene(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
-    """A synthetic RGB picture: gradient background with random shapes, different for every seed."""
+    """A synthetic RGB picture: gradient background with random shapes, different for every seed. Each call returns
+    a new image (up to a megapixel drawn once per seed and size, then copied), so a caller may change it."""
+    size = tuple(size)
+    return _cached_scene(seed, size).copy() if size[0] * size[1] <= 1_000_000 else _scene(seed, size)
+
+
+def _scene(seed: int, size: tuple[int, int]) -> Image.Image:
     rng = np.random.default_rng(seed)
     w, h = size
     y, x = np.mgrid[0:h, 0:w]
@@ -40,6 +47,9 @@ def scene(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=colour)
     return image
+
+
+_cached_scene = functools.lru_cache(maxsize=None)(_scene)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 files carry no outputs."""
 
 import json
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -47,7 +49,12 @@ def kernel_name(tmp_path_factory, monkeypatch_module):
     spec = folder / "kernels" / "simlib-test"
     spec.mkdir(parents=True)
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "simlib tests", "language": "python"}))
+    # one compute thread per kernel: the notebooks run side by side (`executed`), a kernel a core, and barely gain
+    # from more threads (they spend their time in Python, Pillow and matplotlib)
+    env = dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"), "1")
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "simlib tests", "language": "python", "env": env})
+    )
     monkeypatch_module.setenv("JUPYTER_PATH", str(folder))
     monkeypatch_module.delenv("SIMLIB_NOTEBOOK_DATASET", raising=False)  # the kernel inherits it: run the default
     # importing streamlit (the app tests) sets MPLBACKEND=Agg in this process; a kernel inheriting it draws nothing
@@ -61,15 +68,34 @@ def monkeypatch_module():
         yield patch
 
 
-@needs_offline_backbone  # load_backbone("auto") falls back to EfficientNet-Lite0 without ResNet-18 weights
-@pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
-def test_notebook_runs_top_to_bottom_in_a_fresh_kernel(path, kernel_name):
+def execute(path, kernel_name):
+    """`path` run top to bottom in a fresh kernel; the executed notebook, or the error of its first failing cell."""
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         notebook, timeout=600, kernel_name=kernel_name, resources={"metadata": {"path": str(path.parent)}}
     )
     client.execute()  # raises CellExecutionError, naming the cell and the error, at the first failing cell
+    return notebook
+
+
+@pytest.fixture(scope="module")
+def executed(request, kernel_name):
+    """The notebooks whose run test is selected, each started in its own fresh kernel as soon as a core is free
+    (a kernel a core), in test order: path -> future of the executed notebook."""
+    selected = [item.callspec.params["path"] for item in request.session.items
+                if item.originalname == "test_notebook_runs_top_to_bottom_in_a_fresh_kernel"]
+    with ThreadPoolExecutor(max(1, min(len(selected), os.cpu_count() or 1))) as pool:
+        futures = {path: pool.submit(execute, path, kernel_name) for path in selected}
+        yield futures
+        for future in futures.values():
+            future.cancel()  # those not started yet, when a test stopped the run early
+
+
+@needs_offline_backbone  # load_backbone("auto") falls back to EfficientNet-Lite0 without ResNet-18 weights
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_notebook_runs_top_to_bottom_in_a_fresh_kernel(path, executed):
+    notebook = executed[path].result()  # raises the error of the first failing cell, naming the cell
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert all(cell.execution_count for cell in code)
     outputs = [output for cell in code for output in cell.outputs]

@@ -102,11 +102,12 @@ def test_cli_indexes_and_searches_files_with_hostile_names(good_folder, tmp_path
     assert index.returncode == 0, index.stderr
     assert f"Indexed {GOOD_PHOTOS + len(names)} image(s)" in index.stdout
     assert "broken-\\xe9.jpg: not an image format Pillow can read" in index.stdout
-    for name in names:
-        query = str(good_folder / name)
-        found = simlib_cli("search", str(output), query, "-k", "1", "--json", *weights)
-        assert found.returncode == 0, found.stderr
-        assert json.loads(found.stdout)["results"][0]["path"] == query
+    queries = [str(good_folder / name) for name in names]
+    found = simlib_cli("search", str(output), *queries, "-k", "1", "--json", *weights)  # one process, one line each
+    assert found.returncode == 0, found.stderr
+    answers = [json.loads(line) for line in found.stdout.splitlines()]
+    assert [answer["query"] for answer in answers] == queries
+    assert [answer["results"][0]["path"] for answer in answers] == queries
     table = simlib_cli("search", str(output), str(good_folder / latin1), "-k", "1", *weights)
     assert table.returncode == 0, table.stderr
     assert "caf\\xe9-latin1.jpg" in table.stdout.splitlines()[-1]
