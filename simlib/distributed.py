@@ -96,12 +96,14 @@ class RayExtractor:
                    disable=progress is not True)
         with bar:
             pending = np.flatnonzero(~run.done)
+            done = self.resumed
             if len(pending):
                 batch_size = self.batch_size or default_batch_size(backbone.device)
-                for positions in _ray_batches(self, backbone, paths, pending, batch_size, run):
-                    bar.update(positions)
+                for settled in _ray_batches(self, backbone, paths, pending, batch_size, run):
+                    done += settled
+                    bar.update(settled)
                     if callable(progress):
-                        progress(int(run.done.sum()), len(paths))
+                        progress(done, len(paths))
         errors = [FileError(names[i], str(run.reasons[i])) for i in np.flatnonzero(~run.ok)]
         indices = np.flatnonzero(run.ok)
         return ExtractionResult(run.features[indices], indices.astype(np.int64), errors)
@@ -210,8 +212,8 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, another user's
+        pass
     return True
 
 
