@@ -31,18 +31,30 @@ def bundled(tmp_path_factory):
     return output
 
 
-def test_bundled_query_without_a_visual_counterpart_falls_back_to_its_rating(bundled):
-    payload = json.loads(simlib("search", bundled, DATA / "queries" / "blinds-4-stars.jpg", "-k", "5", "--json").stdout)
+QUERIES = DATA / "queries"
+
+
+@pytest.fixture(scope="module")
+def answers(bundled):
+    """Both bundled queries through one `simlib search --json` process: query file name -> its JSON answer."""
+    queries = [QUERIES / "blinds-4-stars.jpg", QUERIES / "ladybird-cropped-small.jpg"]
+    lines = simlib("search", bundled, *queries, "-k", "5", "--json").stdout.splitlines()
+    payloads = [json.loads(line) for line in lines]
+    assert [payload["query"] for payload in payloads] == [str(query) for query in queries]
+    return {query.name: payload for query, payload in zip(queries, payloads)}
+
+
+def test_bundled_query_without_a_visual_counterpart_falls_back_to_its_rating(bundled, answers):
+    payload = answers["blinds-4-stars.jpg"]
     assert payload["fallback"] and payload["query_rating"] == 4.0
     assert [r["reason"] for r in payload["results"]] == ["rating-fallback"] * 5
     assert [r["rating"] for r in payload["results"]][:4] == [4.0] * 4  # four 4-star images in the sample
-    table = simlib("search", bundled, DATA / "queries" / "blinds-4-stars.jpg", "-k", "3").stdout
+    table = simlib("search", bundled, QUERIES / "blinds-4-stars.jpg", "-k", "3").stdout
     assert "below the match threshold" in table and table.count("rating-fallback") == 3
 
 
-def test_bundled_edited_copy_finds_its_original_first(bundled):
-    payload = json.loads(simlib("search", bundled, DATA / "queries" / "ladybird-cropped-small.jpg", "--json").stdout)
-    first = payload["results"][0]
+def test_bundled_edited_copy_finds_its_original_first(answers):
+    first = answers["ladybird-cropped-small.jpg"]["results"][0]
     assert first["reason"] == "visual" and first["path"].endswith("06-sidecar-name-ext-xmp-LadyBird.jpg")
     assert first["rating"] == 4.0
 
