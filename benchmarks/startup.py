@@ -26,7 +26,7 @@ HEAVY = ("torch", "faiss", "sklearn")
 
 def run(config: RunConfig) -> Section:
     section = Section("11. Command-line start-up: answers that need no model")
-    repeats = config.pick(3, 7)
+    repeats = config.pick(1, 7)  # quick: each command once (the time of a smoke run is not quoted)
     with tempfile.TemporaryDirectory(prefix="simlib-startup-") as scratch:
         saved = Path(scratch) / "sample.simlib"
         backbone = load_backbone("resnet18", resnet18_random_weights(config), precision="fp32")
