@@ -52,7 +52,7 @@ def run(config: RunConfig) -> Section:
         return section
     real = real_vectors(config, backbone)
     spectrum = vector_spectrum(real)
-    sizes, n_queries = config.pick(([5_000], 200), ([10_000, 1_000_000], 1_000))
+    sizes, n_queries = config.pick(([2_000], 100), ([10_000, 1_000_000], 1_000))
     repeats = config.pick(1, 3)
     section.text(
         f"Settings: M={PARAMS.M}, efConstruction={PARAMS.ef_construction} for both libraries (simlib's defaults; "

@@ -27,7 +27,7 @@ def run(config: RunConfig) -> Section:
     import ray
 
     backbone = timing_backbones(config)[0]
-    files = camera_jpegs(config, config.pick(24, 192))
+    files = camera_jpegs(config, config.pick(8, 192))
     started = time.perf_counter()
     local = extract_features(backbone, files, progress=False)
     local_s = time.perf_counter() - started

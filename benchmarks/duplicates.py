@@ -57,7 +57,7 @@ OWN = "grouping's own MiB"
 def run(config: RunConfig) -> Section:
     section = Section("7. Grouping near duplicates: every vector's neighbours, bounded memory")
     spectrum, origin = _spectrum(config)
-    sizes = config.pick([2_000, 5_000], [10_000, 100_000, 1_000_000])
+    sizes = config.pick([1_000, 2_000], [10_000, 100_000, 1_000_000])
     section.text(
         f"Vectors: {origin}; {SHARE:.0%} of them replaced by copies of others (an original may get several) at a "
         f"cosine drawn from {SIMILARITY[0]}-{SIMILARITY[1]} to it, and grouped at threshold {THRESHOLD}: "

@@ -116,9 +116,9 @@ def run(config: RunConfig) -> Section:
         section.text(NEEDS_WALLPAPERS)
         return section
     spectrum = vector_spectrum(real_vectors(config, backbone))
-    sizes = config.pick([20_000], [CHECK_SIZE, 1_000_000])
+    sizes = config.pick([5_000], [CHECK_SIZE, 1_000_000])
     n_queries, repeats = config.pick((50, 1), (200, 3))
-    budget = config.pick((10, 3.0), (20, 20.0))  # at least this many queries per path, until this many seconds
+    budget = config.pick((5, 1.0), (20, 20.0))  # at least this many queries per path, until this many seconds
     queries = synthetic_vectors(spectrum, n_queries, QUERY_SEED)
     section.text(
         f"The synthetic vectors of benchmark 2 (spectrum-matched, L2-normalised; its cached HNSW index, M={PARAMS.M}, "

@@ -23,6 +23,7 @@ _WHERE = {
     "FileError": "images",
     "ImageDecodeError": "images",
     "load_image": "images",
+    "load_thumbnail": "images",
     "IndexParams": "config",
     "SearchConfig": "config",
     "Rating": "ratings",

@@ -93,6 +93,14 @@ def load_image(
             image.close()
 
 
+def load_thumbnail(source: ImageSource, side: int, *, name: str | None = None) -> Image.Image:
+    """`load_image`, scaled down to at most `side` pixels a side (aspect kept): for drawing. A PNG or WebP decodes
+    at full size, and drawing a 4K image into a small plot or page costs seconds; this copy costs nothing to draw."""
+    image = load_image(source, min_side=side, name=name)
+    image.thumbnail((side, side))
+    return image
+
+
 def _check_file(path: Path, label: str) -> None:
     try:
         size = path.stat().st_size

@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from simlib import Backbone, Collection, load_backbone
-from simlib.images import ImageSource, load_image
+from simlib.images import ImageSource, load_thumbnail
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "collection"
@@ -38,8 +38,7 @@ def sample_collection(backbone_name: str, rating_weight: float) -> Collection:
 def thumbnail(source: ImageSource, modified_ns: int = 0) -> bytes:
     """JPEG bytes of an upright copy of the image at most THUMBNAIL_SIDE pixels a side. `modified_ns` (the file's
     modification time) only keys the cache, so an image changed on disk is read again."""
-    image = load_image(source, min_side=THUMBNAIL_SIDE)
-    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    image = load_thumbnail(source, THUMBNAIL_SIDE)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=85)
     return buffer.getvalue()

@@ -55,7 +55,7 @@ def test_quick_run_writes_every_section_with_its_tables(results):
 def test_quick_run_names_the_machine_and_every_headline_target(results):
     assert re.search(r"\*\*Machine:\*\* .+, \d+ logical CPUs", results)
     headlines = results.split("## Headline figures", 1)[1].split("\n## ", 1)[0]
-    assert "b/a" in headlines and "physical bound" in headlines and "grouping 5,000 vectors: peak RSS" in headlines
+    assert "b/a" in headlines and "physical bound" in headlines and "grouping 2,000 vectors: peak RSS" in headlines
     if SHARED.is_dir() and offline_backbone_available():
         for figure in ("ANN one-query QPS", "query p50", "muAP loss, PCA-128 + HNSW", "false-match rate",
                        "scale: load", "scale: sync, nothing changed"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simlib.images import ImageDecodeError, load_image, to_rgb
+from simlib.images import ImageDecodeError, load_image, load_thumbnail, to_rgb
 
 from .conftest import scene
 
@@ -49,6 +49,14 @@ def test_large_jpeg_is_decoded_at_reduced_scale_but_not_below_min_side():
     decoded = load_image(jpeg_bytes(big), min_side=224)
     assert decoded.size == (500, 375)  # 1/8 scale keeps both sides >= 224
     assert min(load_image(jpeg_bytes(big), min_side=400).size) >= 400
+
+
+def test_a_thumbnail_fits_its_side_upright_and_keeps_the_aspect():
+    original = scene(4, (1200, 600))
+    thumbnail = load_thumbnail(with_orientation(original, 6), 100)  # a PNG stored rotated: full-size decode, scaled
+    assert thumbnail.size == (100, 50)
+    expected = original.resize((100, 50), Image.Resampling.BOX)
+    assert np.abs(np.asarray(thumbnail, dtype=int) - np.asarray(expected, dtype=int)).mean() < 8
 
 
 def test_draft_never_goes_below_min_side_on_a_narrow_panorama():
