@@ -25,6 +25,13 @@ needs_offline_backbone = pytest.mark.skipif(
 )
 
 
+def pytest_collection_modifyitems(items):
+    """Modules holding slow tests run first, each module's tests in their order: `scripts/test` spreads modules over
+    one worker per core, and a slow module drawn last would keep one worker busy while the others sit idle."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 def scene(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
     """A synthetic RGB picture: gradient background with random shapes, different for every seed. Each call returns
     a new image (up to a megapixel drawn once per seed and size, then copied), so a caller may change it."""

@@ -13,6 +13,8 @@ from benchmarks.inputs import offline_backbone_available
 
 from .conftest import SHARED
 
+pytestmark = pytest.mark.slow  # the quick run takes about two minutes
+
 TITLES = {
     "throughput": "1. Extraction throughput",
     "ann": "2. ANN search",

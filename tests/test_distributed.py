@@ -76,6 +76,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @needs_ray
 @needs_shared
 @needs_offline_backbone
+@pytest.mark.slow
 def test_ray_builds_the_collection_the_local_path_builds(cluster, real_folder, efficientnet, local, tmp_path):
     from simlib.collection import Collection
 
@@ -106,10 +107,11 @@ def _embedder_pids() -> list[int]:
 @needs_ray
 @needs_shared
 @needs_offline_backbone
+@pytest.mark.slow
 def test_an_embedding_worker_killed_mid_run_leaves_every_image_indexed_once(cluster, efficientnet, tmp_path):
     from simlib.features import extract_features
 
-    photos = sorted((SHARED / "photos").glob("*.jpg"))[:64]  # 8 shards of 8
+    photos = sorted((SHARED / "photos").glob("*.jpg"))[:120]
     shards = tmp_path / "shards"
     killed = []
 
@@ -136,6 +138,7 @@ def test_an_embedding_worker_killed_mid_run_leaves_every_image_indexed_once(clus
 @needs_ray
 @needs_shared
 @needs_offline_backbone
+@pytest.mark.slow
 def test_a_stopped_cli_run_resumes_from_its_finished_shards_on_a_cluster_of_its_own(cluster, real_folder,
                                                                                    efficientnet, tmp_path):
     """`simlib index --ray ADDRESS` killed midway; the rerun, `--ray` without an address, starts a local cluster

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from simlib import Collection
 from simlib.cli import main
 from simlib.store import locked
@@ -14,6 +16,7 @@ from simlib.store import locked
 from ..conftest import ROOT, scene
 
 
+@pytest.mark.slow
 def test_two_add_processes_at_once_serialise_and_lose_no_images(resnet18, resnet18_weights, tmp_path):
     for name, seeds in (("photos", range(900, 904)), ("one", range(910, 912)), ("two", range(920, 922))):
         (tmp_path / name).mkdir()

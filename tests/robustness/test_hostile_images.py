@@ -88,6 +88,7 @@ def test_a_fifo_given_by_name_is_refused_without_blocking(tmp_path):
         load_image(tmp_path / "pipe.jpg")
 
 
+@pytest.mark.slow
 def test_cli_indexes_and_searches_files_with_hostile_names(good_folder, tmp_path, resnet18_weights):
     hostile = [case for case in IMAGE_CASES if case.id.startswith("name-")]
     for case in hostile:
