@@ -361,7 +361,7 @@ class SearchCore:
         similarities = self._similarities(vectors, ids)
         near = similarities if deep else None
         ids, similarities = ids[:, :k], similarities[:, :k]
-        best = np.where(ids >= 0, similarities, np.float32(-np.inf)).max(axis=1, initial=-np.inf)
+        best = np.fmax.reduce(similarities, axis=1, initial=-np.inf)  # NaN (no id) left out
         around = self._neighbourhood(vectors, q_stars, near, everything, ef_search)
         score = best - self.config.score_norm * around
         fallback = ~(score >= threshold)
@@ -461,11 +461,21 @@ class SearchCore:
         return True
 
     def _similarities(self, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        # in float64, so that the float32 result does not depend on how the arrays happen to be aligned in memory
-        # (a loaded collection must give the very numbers the saved one gave)
-        gathered = self.gather(np.maximum(ids, 0)).astype(np.float64)  # -1 padding gathers row 0, masked below
-        similarities = np.einsum("qkd,qd->qk", gathered, vectors.astype(np.float64))
-        return np.where(ids >= 0, similarities, np.float32(np.nan)).astype(np.float32)
+        """(nq, k) float32 inner products of each query with its `ids`' vectors, NaN where an id is -1. FAISS's
+        kernel computes them, one fixed order of additions whatever the arrays' alignment in memory, so a loaded
+        (memory-mapped) collection gives the very numbers the saved one gave, and a core whose vectors are held in
+        several arrays (after adds) the numbers of one holding them joined."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(self._parts) == 1:
+            base, rows = self._parts[0], ids
+        else:  # the rows gathered into one block, each query's own rows numbered within it
+            base = self.gather(np.maximum(ids, 0)).reshape(-1, self.dim)
+            rows = np.where(ids >= 0, np.arange(ids.size).reshape(ids.shape), -1)
+        out = np.empty(ids.shape, dtype=np.float32)
+        faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(vectors), faiss.swig_ptr(base),
+                                         faiss.swig_ptr(rows), self.dim, ids.shape[0], ids.shape[1])
+        out[ids < 0] = np.nan  # FAISS writes -inf there
+        return out
 
     def _by_rating(self, vector, stars: float, k: int, min_rating, subset: Selection | None, ef_search) -> np.ndarray:
         """The rating rule for one query: tiers of ratings, closest to the query's first (highest first when it is

@@ -95,6 +95,21 @@ def test_visual_similarities_are_cosines_of_the_reduced_vectors(hnsw, queries):
     assert np.allclose(hits.best, hits.similarities.max(axis=1)) and not hits.fallback.any()
 
 
+def test_similarities_are_the_same_numbers_whether_the_vectors_are_held_joined_split_or_unaligned(features, queries):
+    whole = SearchCore(SearchConfig(pca_dim=None, threshold=-np.inf)).fit(features[:400])
+    split = SearchCore(SearchConfig(pca_dim=None, threshold=-np.inf)).fit(features[:250])
+    split.add(features[250:400])
+    assert len(split._parts) == 2  # held in the arrays they arrived in
+    vectors = whole.vectors_
+    unaligned = np.frombuffer(bytearray(vectors.nbytes + 4), dtype=np.uint8)[4:].view(np.float32).reshape(vectors.shape)
+    unaligned[:] = vectors  # a memory-mapped file need not be aligned as a fresh array is
+    shifted = SearchCore.from_state(whole.config, None, unaligned, index=faiss.clone_index(whole.index_))
+    found = [core.search(queries[:30], 10) for core in (whole, split, shifted)]
+    assert all(np.array_equal(hits.ids, found[0].ids) for hits in found)
+    assert all(np.array_equal(hits.similarities, found[0].similarities) for hits in found)
+    assert all(np.array_equal(hits.score, found[0].score) for hits in found)
+
+
 def test_the_threshold_decides_per_query_which_rule_answers(exact, queries):
     score = exact.search(queries[:50], 5, threshold=-np.inf).score
     cut = float(np.median(score))
