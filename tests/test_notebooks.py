@@ -17,6 +17,12 @@ from .conftest import ROOT, needs_offline_backbone  # noqa: E402
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 STRIP = "strip them with: jupyter nbconvert --clear-output --inplace notebooks/*.ipynb"
+# Smaller sizes for the suite's run, set in a cell after the parameters cell (papermill's convention): the notebooks
+# run every cell as a reader runs them, on fewer synthetic vectors (their sweeps at the committed sizes take a minute)
+TEST_PARAMETERS = {
+    "03_hnsw_sweeps": "N_SYNTHETIC = 4_000\nN_QUERIES = 100",
+    "05_near_duplicates": "SIZES = (1_000, 2_000)",
+}
 
 
 def test_the_five_research_notebooks_are_present():
@@ -39,6 +45,8 @@ def test_committed_notebook_carries_no_outputs_and_one_parameters_cell(path):
     assert "widgets" not in notebook.metadata, f"{path.name}: saved widget state; {STRIP}"
     parameters = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
     assert len(parameters) == 1 and "DATASET = " in parameters[0].source
+    for line in TEST_PARAMETERS.get(path.stem, "").splitlines():  # the suite's sizes set parameters that exist
+        assert line.split(" = ")[0] + " = " in parameters[0].source, f"{path.name} has no parameter for {line!r}"
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +79,10 @@ def monkeypatch_module():
 def execute(path, kernel_name):
     """`path` run top to bottom in a fresh kernel; the executed notebook, or the error of its first failing cell."""
     notebook = nbformat.read(path, as_version=4)
+    if path.stem in TEST_PARAMETERS:
+        at = next(i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", []))
+        injected = nbformat.v4.new_code_cell(TEST_PARAMETERS[path.stem], metadata={"tags": ["injected-parameters"]})
+        notebook.cells.insert(at + 1, injected)
     client = nbclient.NotebookClient(
         notebook, timeout=600, kernel_name=kernel_name, resources={"metadata": {"path": str(path.parent)}}
     )
