@@ -18,8 +18,8 @@ def neighbourhood(similarities: np.ndarray, ranks: tuple[int, int]) -> np.ndarra
     similarities = np.asarray(similarities, dtype=np.float64)
     window = -np.sort(-similarities, axis=1)[:, ranks[0] : ranks[1] + 1]  # best first; NaN sorts last either way
     missing = np.isnan(window)
-    if not missing.any():  # the common case, in fewer steps (the same sums)
-        return window.sum(axis=1) / window.shape[1] if window.shape[1] else np.zeros(len(window))
+    if window.shape[1] and not missing.any():  # the common case, in fewer steps (the same sums)
+        return window.sum(axis=1) / window.shape[1]
     counted = window.shape[1] - missing.sum(axis=1)
     total = np.where(missing, 0.0, window).sum(axis=1)
     return np.where(counted > 0, total / np.maximum(counted, 1), 0.0)
