@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from simlib import Collection
+from simlib.cli import main
 
 from .conftest import DATA, ROOT, SHARED, needs_offline_backbone, needs_shared
 
@@ -44,12 +45,13 @@ def answers(bundled):
     return {query.name: payload for query, payload in zip(queries, payloads)}
 
 
-def test_bundled_query_without_a_visual_counterpart_falls_back_to_its_rating(bundled, answers):
+def test_bundled_query_without_a_visual_counterpart_falls_back_to_its_rating(bundled, answers, capsys):
     payload = answers["blinds-4-stars.jpg"]
     assert payload["fallback"] and payload["query_rating"] == 4.0
     assert [r["reason"] for r in payload["results"]] == ["rating-fallback"] * 5
     assert [r["rating"] for r in payload["results"]][:4] == [4.0] * 4  # four 4-star images in the sample
-    table = simlib("search", bundled, QUERIES / "blinds-4-stars.jpg", "-k", "3").stdout
+    assert main(["search", str(bundled), str(QUERIES / "blinds-4-stars.jpg"), "-k", "3"]) == 0  # the table, in-process
+    table = capsys.readouterr().out
     assert "below the match threshold" in table and table.count("rating-fallback") == 3
 
 
@@ -100,6 +102,7 @@ def test_real_near_duplicates_from_other_packages_are_found(efficientnet):
         indexed.append(files[0])
         queries += [(q, files[0]) for q in files[1:]]
     collection = Collection.build(indexed, efficientnet, progress=False)
-    hits = sum(collection.search(q, k=1).results[0].path == str(target) for q, target in queries)
+    answers = collection.search_many([q for q, _ in queries], k=1)  # decoded in workers, embedded in batches
+    hits = sum(answer.results[0].path == str(target) for answer, (_, target) in zip(answers, queries))
     assert len(queries) == 43
     assert hits / len(queries) >= 0.9  # measured 41/43 with efficientnet_lite0
