@@ -15,11 +15,16 @@ import numpy as np
 def neighbourhood(similarities: np.ndarray, ranks: tuple[int, int]) -> np.ndarray:
     """(nq,) the mean of each row's similarities at `ranks` (zero-based, inclusive) once sorted best first; NaN
     entries are left out, and a row with none at those ranks gives 0."""
-    similarities = np.asarray(similarities, dtype=np.float64)
-    window = -np.sort(-similarities, axis=1)[:, ranks[0] : ranks[1] + 1]  # best first; NaN sorts last either way
+    similarities = np.asarray(similarities)
+    first, last = ranks
+    n = similarities.shape[1]
+    ascending = np.sort(similarities, axis=1)  # NaN sorts last
+    if n > first and not np.isnan(ascending[:, -1:]).any():  # the common case, no NaN anywhere, in fewer steps
+        window = ascending[:, max(n - 1 - last, 0) : n - first]  # ranks first..last, best first, are these columns
+        return window.sum(axis=1, dtype=np.float64) / window.shape[1]
+    similarities = similarities.astype(np.float64)
+    window = -np.sort(-similarities, axis=1)[:, first : last + 1]  # best first; NaN sorts last either way
     missing = np.isnan(window)
-    if window.shape[1] and not missing.any():  # the common case, in fewer steps (the same sums)
-        return window.sum(axis=1) / window.shape[1]
     counted = window.shape[1] - missing.sum(axis=1)
     total = np.where(missing, 0.0, window).sum(axis=1)
     return np.where(counted > 0, total / np.maximum(counted, 1), 0.0)

@@ -262,6 +262,7 @@ class SearchCore:
 
     def _forget(self) -> None:
         self._subsets: dict = {}  # cached selections, valid until the vectors, ratings or live ids change
+        self._live_count = int(np.count_nonzero(self.live_))
 
     # ---------------------------------------------------------------- properties
 
@@ -271,7 +272,7 @@ class SearchCore:
 
     @property
     def live_count(self) -> int:
-        return self._cached("live_count", lambda: int(np.count_nonzero(self.live_)), subset=False)
+        return self._live_count
 
     @property
     def vectors_(self) -> np.ndarray:
@@ -352,26 +353,33 @@ class SearchCore:
         threshold = self.threshold if threshold is None else float(threshold)
         if math.isnan(threshold):
             raise ValueError("threshold must be a number, got NaN")
-        q_stars = _query_stars(query_stars, len(vectors))
-        subset = self._filter(min_rating, allowed)
+        # the queries' ratings matter to the index only with a rating weight; unrated (None) otherwise until the
+        # rating rule needs them (fewer steps for the common one-query visual search)
+        weighted = self.config.rating_weight > 0
+        q_stars = _query_stars(query_stars, len(vectors)) if weighted or query_stars is not None else None
         everything = self._filter(None, None)  # the live ids: the background of the neighbourhood term
-        k = min(k, self.live_count)
+        subset = everything if min_rating is None and allowed is None else self._filter(min_rating, allowed)
+        k = min(k, self._live_count)
         deep = self.config.score_norm > 0 and subset is everything  # the visual search also gives the neighbourhood
         ids = self._nearest(vectors, q_stars, self._norm_depth(k) if deep else k, subset, ef_search)
         similarities = self._similarities(vectors, ids)
         near = similarities if deep else None
-        ids, similarities = ids[:, :k], similarities[:, :k]
+        if ids.shape[1] > k:
+            ids, similarities = ids[:, :k], similarities[:, :k]
         best = np.fmax.reduce(similarities, axis=1, initial=-np.inf)  # NaN (no id) left out
         around = self._neighbourhood(vectors, q_stars, near, everything, ef_search)
         score = best - self.config.score_norm * around
         fallback = ~(score >= threshold)
-        for i in np.flatnonzero(fallback):
-            ids[i] = self._by_rating(vectors[i], q_stars[i], ids.shape[1], min_rating, subset, ef_search)
-            similarities[i] = self._similarities(vectors[i : i + 1], ids[i : i + 1])[0]
+        if fallback.any():
+            if q_stars is None:
+                q_stars = _query_stars(None, len(vectors))
+            for i in np.flatnonzero(fallback):
+                ids[i] = self._by_rating(vectors[i], q_stars[i], ids.shape[1], min_rating, subset, ef_search)
+                similarities[i] = self._similarities(vectors[i : i + 1], ids[i : i + 1])[0]
         return Hits(ids, similarities, best, fallback, score, around)
 
     def _norm_depth(self, k: int) -> int:
-        return min(self.live_count, max(k, self.config.norm_ranks[1] + 1))
+        return min(self._live_count, max(k, self.config.norm_ranks[1] + 1))
 
     def _neighbourhood(self, vectors, q_stars, near: np.ndarray | None, everything: Selection | None,
                        ef_search) -> np.ndarray:
@@ -474,7 +482,8 @@ class SearchCore:
         out = np.empty(ids.shape, dtype=np.float32)
         faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(vectors), faiss.swig_ptr(base),
                                          faiss.swig_ptr(rows), self.dim, ids.shape[0], ids.shape[1])
-        out[ids < 0] = np.nan  # FAISS writes -inf there
+        if ids.size and ids.min() < 0:
+            out[ids < 0] = np.nan  # FAISS writes -inf there
         return out
 
     def _by_rating(self, vector, stars: float, k: int, min_rating, subset: Selection | None, ef_search) -> np.ndarray:
@@ -497,7 +506,7 @@ class SearchCore:
         """What a search may return: None for every id, else a selection of live ids passing the filters."""
         if allowed is None:
             if min_rating is None:
-                return None if self.live_count == len(self) else self._cached("live", lambda: self.live_)
+                return None if self._live_count == len(self) else self._cached("live", lambda: self.live_)
             return self._cached(("min_rating", float(min_rating)), lambda: self._rating_mask(min_rating))
         selection = allowed if isinstance(allowed, Selection) else self.selection(allowed)
         if len(selection.mask) != len(self):
