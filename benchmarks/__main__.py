@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--only NAME ...] [--output PATH] [--cache DIR] [--no-cache]
+"""python -m benchmarks [--quick] [--only NAME ...] [--output PATH] [--cache DIR] [--no-cache] [--ann-sizes N ...]
 
 A full run writes benchmarks/RESULTS.md; a quick run (small sizes, a smoke test) writes build/benchmarks-quick.md,
 so it never replaces the quoted results. --output overrides either."""
@@ -34,10 +34,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where built indexes and inputs are kept")
     parser.add_argument("--no-cache", action="store_true", help="rebuild cached indexes and features")
     parser.add_argument("--shared", type=Path, default=SHARED, help="the shared datasets folder")
+    parser.add_argument("--ann-sizes", type=int, nargs="+", metavar="N",
+                        help="synthetic collection sizes of the ANN benchmark (default 10000 1000000; quick 2000)")
     args = parser.parse_args(argv)
     if args.output is None:
         args.output = QUICK_RESULTS if args.quick else RESULTS
-    config = RunConfig(quick=args.quick, cache=args.cache, shared=args.shared, use_cache=not args.no_cache)
+    if args.ann_sizes and min(args.ann_sizes) < 100:
+        parser.error("--ann-sizes: each size must be at least 100 vectors")
+    config = RunConfig(quick=args.quick, cache=args.cache, shared=args.shared, use_cache=not args.no_cache,
+                       ann_sizes=tuple(args.ann_sizes) if args.ann_sizes else None)
     started, load_before = time.perf_counter(), load_average()
     sections = []
     for name in args.only or BENCHMARKS:
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> Path:
     minutes = (time.perf_counter() - started) / 60
     command = "python -m benchmarks" + (" --quick" if args.quick else "") + (
         f" --only {' '.join(args.only)}" if args.only else ""
-    )
+    ) + (f" --ann-sizes {' '.join(map(str, args.ann_sizes))}" if args.ann_sizes else "")
     preamble = (
         f"# simlib benchmarks{' (quick smoke run: small sizes, not for quoting)' if args.quick else ''}\n\n"
         f"Written by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in {minutes:.1f} minutes. "

@@ -53,6 +53,7 @@ def run(config: RunConfig) -> Section:
     real = real_vectors(config, backbone)
     spectrum = vector_spectrum(real)
     sizes, n_queries = config.pick(([2_000], 100), ([10_000, 1_000_000], 1_000))
+    sizes = list(config.ann_sizes) if config.ann_sizes else sizes
     repeats = config.pick(1, 3)
     section.text(
         f"Settings: M={PARAMS.M}, efConstruction={PARAMS.ef_construction} for both libraries (simlib's defaults; "

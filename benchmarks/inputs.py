@@ -40,6 +40,7 @@ class RunConfig:
     cache: Path = DEFAULT_CACHE
     shared: Path = SHARED
     use_cache: bool = True
+    ann_sizes: tuple[int, ...] | None = None  # benchmark 2's synthetic collection sizes (None: its own)
 
     @property
     def has_wallpapers(self) -> bool:
