@@ -184,7 +184,8 @@ def wallpaper_set(config: RunConfig) -> LabelledImages:
 def benchmark_features(config: RunConfig, backbone: Backbone) -> BenchmarkFeatures:
     images = wallpaper_set(config)
     stamps = [(p.name, p.stat().st_size) for p in images.paths]
-    path = config.cache / f"features-{backbone.name}-{cache_key(backbone.weights_sha256, stamps)}.npz"
+    key = cache_key(backbone.weights_sha256, backbone.precision, stamps)  # bf16 features differ from fp32 ones
+    path = config.cache / f"features-{backbone.name}-{key}.npz"
     if config.use_cache and path.is_file():
         with np.load(path, allow_pickle=False) as stored:
             return BenchmarkFeatures(images, stored["features"], stored["copies"], stored["copy_of"])
