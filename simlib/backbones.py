@@ -96,14 +96,17 @@ class Backbone:
 
     @torch.inference_mode()
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
+        features = self.model(self.model_input(batch)).float()
+        return nn.functional.normalize(features, dim=1).cpu()
+
+    def model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """What the model is fed for a uint8 batch (n, 3, h, w): on its device, normalised with the backbone's
+        mean and std, channels-last, in its precision."""
         if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected a uint8 batch of shape (n, 3, h, w), got {tuple(batch.shape)} {batch.dtype}")
         x = batch.to(self.device, non_blocking=True).float()
         x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
-        if self.precision == "bf16":
-            x = x.to(torch.bfloat16)
-        features = self.model(x).float()
-        return nn.functional.normalize(features, dim=1).cpu()
+        return x.to(torch.bfloat16) if self.precision == "bf16" else x
 
     def features(self, batch: torch.Tensor) -> np.ndarray:
         """`embed` over a uint8 batch of any size, as a float32 array; on a CPU `CPU_MODEL_BATCH` images at a time."""

@@ -358,14 +358,13 @@ class SearchCore:
         weighted = self.config.rating_weight > 0
         q_stars = _query_stars(query_stars, len(vectors)) if weighted or query_stars is not None else None
         everything = self._filter(None, None)  # the live ids: the background of the neighbourhood term
-        subset = everything if min_rating is None and allowed is None else self._filter(min_rating, allowed)
+        subset = self._filter(min_rating, allowed)
         k = min(k, self._live_count)
         deep = self.config.score_norm > 0 and subset is everything  # the visual search also gives the neighbourhood
         ids = self._nearest(vectors, q_stars, self._norm_depth(k) if deep else k, subset, ef_search)
         similarities = self._similarities(vectors, ids)
         near = similarities if deep else None
-        if ids.shape[1] > k:
-            ids, similarities = ids[:, :k], similarities[:, :k]
+        ids, similarities = ids[:, :k], similarities[:, :k]
         best = np.fmax.reduce(similarities, axis=1, initial=-np.inf)  # NaN (no id) left out
         around = self._neighbourhood(vectors, q_stars, near, everything, ef_search)
         score = best - self.config.score_norm * around

@@ -40,8 +40,8 @@ def main() -> None:
     images = torch.stack([fp32.preprocess(load_image(f, min_side=fp32.spec.input_size)) for f in files])
     reference = fp32.features(images)
 
-    def normalised(batch: torch.Tensor) -> torch.Tensor:  # what Backbone.embed feeds the model
-        return ((batch.float() - fp32._mean) / fp32._std).contiguous()
+    def normalised(batch: torch.Tensor) -> torch.Tensor:  # what Backbone.embed feeds the model, in NCHW order
+        return fp32.model_input(batch).contiguous()
 
     def report(name: str, embed) -> None:
         out = np.concatenate([embed(images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
